@@ -1,0 +1,328 @@
+"""One typed config tree: pydantic models mirrored by YAML files, dotted CLI overrides.
+
+    cfg = load_config("recipes/tiny_cpu.yaml", ["algorithm.kl_coef=0.01", "learner.lr=1e-4"])
+
+A recipe may name one base file with `base: ../configs/grpo.yaml` (one level deep);
+its keys override the base's. Unknown keys and wrong types fail before anything
+starts, with a `ConfigError` naming the dotted key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+DEFAULT_RECIPE = REPO_ROOT / "recipes" / "tiny_cpu.yaml"
+
+
+class ConfigError(ValueError):
+    """A user-facing config problem; its message says which key and what to do."""
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ClusterConfig(_Cfg):
+    address: str | None = None
+    """Ray cluster to attach to ("auto" or "ray://host:10001"); None starts a local one."""
+    num_cpus: int | None = Field(None, ge=1)
+    """CPUs for a local Ray; None uses every core of the machine."""
+    placement: Literal["colocated", "split"] = "split"
+    """colocated: generators and learner share GPUs (vLLM sleeps during training);
+    split: generators get their own GPUs. On a CPU-only machine both use CPU bundles."""
+    object_store_mb: int = Field(512, ge=64)
+    """Ray object store size for a local cluster, MiB (weight sync buckets live here)."""
+
+
+class TinyModelConfig(_Cfg):
+    """A small Qwen2 built from config with a locally trained tokenizer (no hub)."""
+
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+    vocab_size: int = Field(64, ge=20)
+    """Target vocabulary of the locally trained BPE tokenizer."""
+
+
+class WarmStartConfig(_Cfg):
+    """Supervised warm start before RL (cached: a second run with the same config skips it)."""
+
+    steps: int = Field(0, ge=0)
+    """Optimizer steps of supervised training on task solutions; 0 turns it off."""
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    num_examples: int = Field(2000, ge=1)
+    """Distinct training examples drawn from the task (kept apart from validation)."""
+
+
+class ModelConfig(_Cfg):
+    path: str | None = None
+    """A local Hugging Face folder (config + weights + tokenizer); None builds `tiny`."""
+    tiny: TinyModelConfig = TinyModelConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Learner and generator parameter dtype; fp32 on CPU gives ~0 logprob mismatch."""
+    cache_dir: str | None = None
+    """Where built tiny models and warm starts are cached; None: $NEMO_RLVR_CACHE or ~/.cache/nemo_rlvr."""
+
+
+class DataConfig(_Cfg):
+    source: str = "arithmetic"
+    """"arithmetic" (built-in procedural task) or a path to a JSONL/parquet file of
+    records {"prompt", "env", ...env fields}."""
+    val_source: str | None = None
+    """Held-out validation file; None: the procedural task's held-out split."""
+    num_digits: int = Field(2, ge=1, le=9)
+    """Procedural arithmetic: digits per operand."""
+    operations: tuple[Literal["+", "-", "*"], ...] = ("+",)
+    """Procedural arithmetic: operators to draw from."""
+    val_size: int = Field(200, ge=1)
+    """Held-out prompts used for validation."""
+    chat_template: bool = False
+    """Wrap prompts with the tokenizer's chat template (must exist in the tokenizer)."""
+    shuffle_seed: int = 0
+
+
+class GenerationConfig(_Cfg):
+    backend: Literal["hf", "vllm"] = "hf"
+    num_workers: int = Field(1, ge=1)
+    """Generator actors (data-parallel replicas)."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature; log-probs are log_softmax(logits / temperature) everywhere."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(8, ge=1)
+    stop: tuple[str, ...] = ()
+    """Stop strings (the EOS token always stops)."""
+    weight_sync_bucket_mb: float = Field(64.0, gt=0)
+    """Weight sync bucket size, MiB: parameters are packed into flat buffers of this size."""
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    """vLLM: share of GPU memory its engine may take."""
+    kv_cache_gb: float = Field(1.0, gt=0)
+    """vLLM on CPU: KV cache size, GiB."""
+
+
+class AlgorithmConfig(_Cfg):
+    name: Literal["grpo"] = "grpo"
+    group_size: int = Field(8, ge=2)
+    """Samples per prompt (G); the baseline is computed within each group."""
+    baseline: Literal["mean", "loo"] = "mean"
+    """mean: group mean; loo: leave-one-out mean of the other G-1 samples (RLOO)."""
+    normalize_std: bool = True
+    """Divide advantages by the group's reward std (Dr.GRPO turns this off)."""
+    clip_low: float = Field(0.2, ge=0, le=1)
+    """PPO ratio lower clip: ratio >= 1 - clip_low."""
+    clip_high: float = Field(0.2, ge=0)
+    """PPO ratio upper clip: ratio <= 1 + clip_high (clip-higher: > clip_low, DAPO)."""
+    kl_coef: float = Field(0.0, ge=0)
+    """Weight of the KL penalty against the frozen reference; 0 disables the reference."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = "token_mean"
+    """token_mean: every response token weighs the same; seq_mean_token_mean: mean per
+    sequence, then over sequences; seq_mean_token_sum: sum per sequence, mean over them."""
+    tis_cap: float | None = Field(None, gt=0)
+    """Truncated importance sampling: weight tokens by min(pi_learner/pi_gen, cap); None: off."""
+
+
+class LearnerConfig(_Cfg):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    """Linear lr warmup over this many optimizer steps, then constant."""
+    grad_clip: float = Field(1.0, gt=0)
+    """Max global grad norm."""
+    micro_batch_size: int = Field(64, ge=1)
+    """Sequences per forward/backward; gradients accumulate over a mini-batch."""
+    minibatches_per_step: int = Field(1, ge=1)
+    """Optimizer steps per RL step (the batch is split in this many mini-batches)."""
+    num_workers: int = Field(1, ge=1)
+    """Learner ranks (FSDP2 on CUDA, gloo on CPU)."""
+
+
+class EnvConfig(_Cfg):
+    name: str = "arithmetic"
+    """Default environment for records that do not name one."""
+    module: str | None = None
+    """A module to import first; it registers user environments with @register_env."""
+    url: str | None = None
+    """Score through a remote env server (`nemo-rlvr serve-env`) instead of a local pool."""
+    num_workers: int = Field(0, ge=0)
+    """Verifier worker processes; 0 scores in the controller process (cheap envs only)."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Per-sample time limit; a hang past it is reward 0 with error 'timeout'."""
+    max_retries: int = Field(1, ge=0)
+    """Retries of a sample whose worker crashed, and of a failed remote request."""
+
+
+class LoggingConfig(_Cfg):
+    console: bool = True
+    jsonl: bool = True
+    """Write runs/<name>/metrics.jsonl (one object per step, key `step`)."""
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "nemo-rlvr"
+    wandb_entity: str | None = None
+    wandb_group: str | None = None
+    wandb_tags: tuple[str, ...] = ()
+    sample_table_every: int = Field(0, ge=0)
+    """Log a table of (prompt, response, reward) every N steps; 0: never."""
+
+
+class CheckpointConfig(_Cfg):
+    every_steps: int = Field(0, ge=0)
+    """Save a full-state checkpoint every N steps (and at the end); 0: only at the end."""
+    keep_last: int = Field(2, ge=1)
+    keep_best: int = Field(0, ge=0)
+    best_metric: str = "val/accuracy"
+    resume: str = "never"
+    """auto: newest complete checkpoint of this run; never: start fresh; or a path."""
+    export_hf: bool = True
+    """At the end, write runs/<name>/final_hf (save_pretrained layout)."""
+
+
+class ValidationConfig(_Cfg):
+    every_steps: int = Field(0, ge=0)
+    """Validate every N steps (always at start and end); 0: only start and end."""
+    at_start: bool = True
+    max_prompts: int | None = Field(None, ge=1)
+
+
+class TrainConfig(_Cfg):
+    steps: int = Field(20, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    """B: prompts per RL step; each is sampled group_size times."""
+
+
+class RunConfig(_Cfg):
+    name: str = "tiny_cpu"
+    """Run name; outputs go to <output_dir>/<name>/."""
+    output_dir: str = "runs"
+    seed: int = 0
+    base: str | None = None
+    """Recipe file this one derives from (resolved at load time)."""
+    cluster: ClusterConfig = ClusterConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    generation: GenerationConfig = GenerationConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    learner: LearnerConfig = LearnerConfig()
+    env: EnvConfig = EnvConfig()
+    logging: LoggingConfig = LoggingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    validation: ValidationConfig = ValidationConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        n = self.train.prompts_per_step * self.algorithm.group_size
+        if n % self.learner.minibatches_per_step:
+            raise ValueError(
+                f"learner.minibatches_per_step={self.learner.minibatches_per_step} must divide "
+                f"the {n} samples of a step (train.prompts_per_step * algorithm.group_size)")
+        if self.model.path is None and self.model.dtype != "float32":
+            raise ValueError("model.dtype=bfloat16 needs model.path; the tiny model trains in float32")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist. Pass a YAML recipe, e.g. "
+                          f"{DEFAULT_RECIPE}, or no file for the tiny CPU recipe.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, got {type(data).__name__}.")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _apply_override(tree: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value "
+                          f"(e.g. learner.lr=1e-5).")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {p!r} is a value, not a section.")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        typ = e["type"]
+        if typ == "extra_forbidden":
+            parent = ".".join(str(p) for p in e["loc"][:-1])
+            allowed = _allowed_keys(parent)
+            lines.append(f"unknown key {key!r}; allowed keys here: {', '.join(allowed)}.")
+        elif typ == "literal_error":
+            lines.append(f"{key}={e.get('input')!r} is not allowed; {e['msg'].lower()}.")
+        else:
+            lines.append(f"{key}={e.get('input')!r}: {e['msg']}.")
+    return f"invalid config ({source}): " + " ".join(lines)
+
+
+def _allowed_keys(dotted: str) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for p in filter(None, dotted.split(".")):
+        ann = model.model_fields[p].annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a recipe (default: the tiny CPU recipe), its base, and dotted overrides."""
+    p = Path(path) if path is not None else DEFAULT_RECIPE
+    tree = _read_yaml(p)
+    base = tree.pop("base", None)
+    if base is not None:
+        base_path = (p.parent / base).resolve()
+        base_tree = _read_yaml(base_path)
+        if "base" in base_tree:
+            raise ConfigError(f"{base_path} has its own `base:`; recipes derive one level deep only.")
+        tree = _merge(base_tree, tree)
+    for item in overrides:
+        _apply_override(tree, item)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, str(p))) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

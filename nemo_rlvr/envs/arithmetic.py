@@ -1,0 +1,31 @@
+"""Built-in `arithmetic` environment: the answer is an integer, compared exactly.
+
+Used by the tiny CPU recipe. The response must be the integer alone (surrounding
+whitespace allowed): "46" scores 1 for answer 46; "46 or 47", "046x" or "" score 0.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from nemo_rlvr.envs.base import Score, register_env, score_safely
+from nemo_rlvr.rollout.base import Sample
+
+_INT = re.compile(r"-?\d+")
+
+
+@register_env("arithmetic")
+class ArithmeticEnv:
+    name = "arithmetic"
+
+    def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
+        if "answer" not in fields:
+            return Score(0.0, {"correct": 0.0}, "missing env field 'answer'")
+        text = response.strip()
+        ok = bool(_INT.fullmatch(text)) and int(text) == int(fields["answer"])
+        return Score(float(ok), {"correct": float(ok)})
+
+    def score(self, samples: Sequence[Sample]) -> list[Score]:
+        return [score_safely(self, s.text, s.fields) for s in samples]
