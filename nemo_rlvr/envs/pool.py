@@ -1,47 +1,511 @@
-"""Verifier pool: scores a batch through an environment, never raising into the controller.
+"""Verifier pool: scores samples in worker processes, time-bounded, crash-isolated, in order.
 
-Placeholder until the verifier-pool issue lands: scores in-process through
-`score_safely`. `make_scorer(env_cfg)` is the only entry the controller uses.
+    score(samples) ──► todo: deque[sample index]
+                        │  chunks of (idx, env, text, fields), ≤ 2 chunks ahead per worker
+           ┌────────────┼────────────┐
+           ▼            ▼            ▼
+       worker 0     worker 1 ... worker N-1      forkserver processes, each its own session
+       get_env(name, module).score_record  ──► one (idx, reward, components, error) per sample
+           │            │            │
+           └────────────┴────────────┴──► out[idx]; the sample after it starts its clock
+
+The parent knows which sample each worker is on: results come back one per sample, in the
+order sent, so the head of a worker's in-flight queue is the one being scored; its clock
+starts when the previous result arrives. Past `timeout_s` the parent SIGKILLs the worker's
+process group (and any descendants that left it, e.g. sandboxes), scores the sample 0 with
+error "timeout after Xs", and starts a replacement. A worker that dies on its own mid-sample
+is replaced and the sample retried up to `max_retries` times, then scored 0 with error
+"verifier crashed: ...". The other samples queued on a killed worker are resent untouched.
+Nothing raises into the caller. `make_scorer(env_cfg)` is the entry the controller uses.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import math
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import sys
+import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Protocol
 
 from nemo_rlvr.config import EnvConfig
-from nemo_rlvr.envs.base import Score, get_env, score_safely
+from nemo_rlvr.envs.base import ENVIRONMENTS, Environment, Score, UnknownEnvError, get_env, score_safely
+from nemo_rlvr.envs.records import record_to_sample, scored_record
 from nemo_rlvr.rollout.base import Sample
+
+log = logging.getLogger(__name__)
+
+_READY = "ready"
+_AHEAD_MAX_BYTES = 64 * 1024
+"""A chunk queued behind a busy worker must fit the socket buffer (~200 KiB on Linux):
+a blocking send to a worker stuck in a hang would stop the parent enforcing deadlines."""
+_STARTUP_TIMEOUT_S = 120.0
+_MAX_STARTUP_FAILURES = 3
+_CHUNK_TARGET_S = 0.02
+"""Chunks hold about this much work: fewer round trips, still balanced at the tail."""
+METRIC_KEYS = ("verifier/samples", "verifier/seconds", "verifier/errors", "verifier/timeouts",
+               "verifier/crashes")
+"""errors: samples whose score has `error` set (any cause, timeouts and crashes included);
+timeouts: samples killed at their time limit; crashes: workers that died mid-sample."""
+
+
+class Scorer(Protocol):
+    """What the controller, CLI and server score through (pool, inline or remote)."""
+
+    def score(self, samples: Sequence[Sample]) -> list[Score]: ...  # len(out) == len(samples)
+
+    def metrics(self) -> dict[str, float]: ...  # counters since the last call, then reset
+
+    def close(self) -> None: ...
+
+
+def checked_score(env: Environment, text: str, fields: Mapping[str, Any]) -> Score:
+    """`score_safely`, plus: the result is a `Score` with a finite float reward; exit() is caught."""
+    try:
+        s = score_safely(env, text, fields)
+    except SystemExit as e:  # an env calling exit() must not end the worker or the trainer
+        return Score(0.0, {}, f"verifier called exit({e.code})")
+    if not isinstance(s, Score):
+        return Score(0.0, {}, f"environment returned {type(s).__name__}, not Score")
+    try:
+        reward = float(s.reward)
+        comps = {str(k): float(v) for k, v in s.components.items()}
+    except (TypeError, ValueError, AttributeError) as e:
+        return Score(0.0, {}, f"environment returned a non-numeric reward or component ({e})")
+    if not math.isfinite(reward):
+        return Score(0.0, comps, f"environment returned a non-finite reward ({reward})")
+    return Score(reward, comps, None if s.error is None else str(s.error))
+
+
+class _EnvCache:
+    """Environments by name, built on first use; a failed build is remembered as its error."""
+
+    def __init__(self, module: str | None):
+        self.module = module
+        self._envs: dict[str, Environment | str] = {}
+
+    def get(self, name: str) -> Environment | str:
+        if name not in self._envs:
+            try:
+                self._envs[name] = get_env(name, self.module)
+            except Exception as e:  # bad module, unknown env, failing constructor: its samples score 0
+                unknown = isinstance(e, UnknownEnvError) and name not in ENVIRONMENTS and (
+                    self.module is None or self.module in sys.modules)
+                self._envs[name] = (
+                    f"unknown environment {name!r} (the sample's env / the record's 'env' field); known: "
+                    f"{', '.join(sorted(ENVIRONMENTS))}. Use one of these, or register yours with "
+                    f"@register_env in a module named by env.module (--env-module)."
+                ) if unknown else f"{type(e).__name__}: {e}"
+        return self._envs[name]
+
+    def score(self, name: str, text: str, fields: Mapping[str, Any]) -> Score:
+        env = self.get(name)
+        return Score(0.0, {}, env) if isinstance(env, str) else checked_score(env, text, fields)
 
 
 class InlineScorer:
-    """Scores in the calling process; for cheap, trusted environments (arithmetic)."""
+    """Scores in the calling process, no time limit; for cheap, trusted environments (arithmetic)."""
 
     def __init__(self, cfg: EnvConfig):
         self.cfg = cfg
-        self._envs: dict[str, object] = {}
-        self._stats = {"verifier/errors": 0.0, "verifier/timeouts": 0.0, "verifier/seconds": 0.0}
-
-    def _env(self, name: str):
-        if name not in self._envs:
-            self._envs[name] = get_env(name, self.cfg.module)
-        return self._envs[name]
+        self._envs = _EnvCache(cfg.module)
+        self._stats = dict.fromkeys(METRIC_KEYS, 0.0)
 
     def score(self, samples: Sequence[Sample]) -> list[Score]:
         t0 = time.perf_counter()
-        out = [score_safely(self._env(s.env or self.cfg.name), s.text, s.fields) for s in samples]
+        out = [self._envs.score(s.env or self.cfg.name, s.text, s.fields) for s in samples]
+        self._stats["verifier/samples"] += len(out)
         self._stats["verifier/errors"] += sum(s.error is not None for s in out)
         self._stats["verifier/seconds"] += time.perf_counter() - t0
         return out
 
     def metrics(self) -> dict[str, float]:
-        """Counters since the last call (then reset)."""
-        out, self._stats = self._stats, dict.fromkeys(self._stats, 0.0)
+        out, self._stats = self._stats, dict.fromkeys(METRIC_KEYS, 0.0)
         return out
 
     def close(self) -> None:
         pass
 
 
-def make_scorer(cfg: EnvConfig) -> InlineScorer:
-    return InlineScorer(cfg)
+# ------------------------------------------------------------------ worker process
+
+
+def _worker_main(conn: Connection, default_env: str, module: str | None) -> None:
+    """Worker loop: chunks in, one result tuple per sample out, until None or EOF."""
+    os.setsid()  # own session and process group: killpg reaches whatever the env spawns
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _die_with_parent()
+    envs = _EnvCache(module)
+    envs.get(default_env)  # build (and import) the default env before taking work
+    conn.send(_READY)
+    while True:
+        try:
+            chunk = conn.recv()
+        except (EOFError, OSError):
+            return
+        if chunk is None:
+            return
+        for idx, name, text, fields in chunk:
+            s = envs.score(name, text, fields)
+            conn.send((idx, s.reward, s.components, s.error))
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this worker when its parent (the forkserver, which exits with us) dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's close() and EOF on the pipe still end the worker
+
+
+def _kill_tree(proc: mp.process.BaseProcess) -> None:
+    """SIGKILL a worker, its process group, and descendants that made their own group."""
+    try:
+        import psutil
+
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except Exception:  # psutil missing or the worker is already gone
+        descendants = []
+    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill, *[d.kill for d in descendants]):
+        try:
+            kill()
+        except Exception:  # already exited
+            pass
+    proc.join(timeout=5)
+
+
+def _kill_all(workers: list[_Worker]) -> None:
+    for w in workers:
+        _kill_tree(w.proc)
+
+
+_LIVE_POOLS: weakref.WeakSet[VerifierPool] = weakref.WeakSet()
+
+
+@atexit.register  # registered after multiprocessing's own exit hook, so it runs first: that
+def _kill_live_pools() -> None:  # hook joins non-daemon children, which idle workers never end
+    for pool in list(_LIVE_POOLS):
+        pool._finalizer()
+
+
+# ------------------------------------------------------------------ parent side
+
+
+@dataclass(eq=False)  # identity: workers are looked up in the pool's list
+class _Worker:
+    proc: mp.process.BaseProcess
+    conn: Connection
+    spawned_at: float
+    ready: bool = False
+    inflight: deque[int] = field(default_factory=deque)
+    """Sample indices sent, in order; the head is the one being scored."""
+    chunks: deque[int] = field(default_factory=deque)
+    """Sizes of the chunks in flight; all but the first still sit unread in the pipe."""
+    head_since: float = 0.0
+    """When the head sample started (monotonic s)."""
+
+
+@dataclass
+class _Batch:
+    items: list[tuple[int, str, str, dict[str, Any]]]
+    out: list[Score | None]
+    todo: deque[int]
+    attempts: list[int]
+    suspects: set[int] = field(default_factory=set)
+    """Samples whose worker crashed; retried alone so they take no neighbours down."""
+    left: int = 0
+
+
+class VerifierPool:
+    """N worker processes scoring in parallel; see the module docstring for the mechanics."""
+
+    def __init__(self, cfg: EnvConfig):
+        if cfg.num_workers < 1:
+            raise ValueError(f"env.num_workers={cfg.num_workers}: a VerifierPool needs >= 1 worker; "
+                             f"use InlineScorer (make_scorer with env.num_workers=0) to score in-process.")
+        self.cfg = cfg
+        self._ctx = mp.get_context("forkserver")  # never fork a process that may hold threads/Ray
+        self._ctx.set_forkserver_preload([__name__])  # workers start with envs + this module imported
+        self._lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self._closed = False
+        self._startup_failures = 0
+        self._item_s = 0.005  # running estimate of seconds per sample, sizes chunks
+        self._stats = dict.fromkeys(METRIC_KEYS, 0.0)
+        self._finalizer = weakref.finalize(self, _kill_all, self._workers)
+        _LIVE_POOLS.add(self)
+        for _ in range(cfg.num_workers):
+            self._workers.append(self._spawn())
+
+    # -------------------------------------------------------------- public
+
+    def score(self, samples: Sequence[Sample]) -> list[Score]:
+        """Score in order; each sample gets a Score, never an exception."""
+        t0 = time.perf_counter()
+        with self._lock:
+            if self._closed:
+                out = [Score(0.0, {}, "verifier pool is closed") for _ in samples]
+            else:
+                out = self._score_guarded(samples)
+        self._stats["verifier/samples"] += len(out)
+        self._stats["verifier/errors"] += sum(s.error is not None for s in out)
+        self._stats["verifier/seconds"] += time.perf_counter() - t0
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """Counters since the last call (then reset); keys in METRIC_KEYS."""
+        out, self._stats = self._stats, dict.fromkeys(METRIC_KEYS, 0.0)
+        return out
+
+    def worker_pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers if w.proc.pid is not None]
+
+    def close(self) -> None:
+        """Stop the workers (politely, then SIGKILL their process groups); idempotent."""
+        with self._lock:
+            self._closed = True
+            for w in self._workers:
+                try:
+                    w.conn.send(None)
+                except OSError:
+                    pass
+            deadline = time.monotonic() + 0.5
+            for w in self._workers:
+                w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            self._finalizer()  # SIGKILL anything left, e.g. sandboxes in the workers' groups
+            for w in self._workers:
+                w.conn.close()
+            self._workers.clear()
+
+    def __enter__(self) -> VerifierPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------------- the loop
+
+    def _score_guarded(self, samples: Sequence[Sample]) -> list[Score]:
+        try:
+            items = [(i, s.env or self.cfg.name, s.text, dict(s.fields)) for i, s in enumerate(samples)]
+            b = _Batch(items, [None] * len(items), deque(range(len(items))), [0] * len(items))
+            b.left = len(items)
+            while b.left:
+                self._step(b)
+            return [s if s is not None else Score(0.0, {}, "verifier pool lost this sample") for s in b.out]
+        except Exception as e:  # a bug here must not take the controller down: reset the pool
+            log.exception("verifier pool failed; restarting its workers")
+            self._reset()
+            return [Score(0.0, {}, f"verifier pool internal error: {type(e).__name__}: {e}") for _ in samples]
+
+    def _step(self, b: _Batch) -> None:
+        """Dispatch, wait for results/deaths/deadlines, handle them."""
+        for ahead in (1, 2):  # first a chunk for every worker, then one more each behind it
+            for w in self._workers:
+                self._dispatch(w, b, max_chunks=ahead)
+        now = time.monotonic()
+        busy = [w for w in self._workers if w.inflight]
+        timeout = max(0.0, min(self._deadline(w) for w in busy) - now) if busy else 0.05
+        ready = set(wait([w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers], timeout))
+        for w in list(self._workers):
+            if w in self._workers and (w.conn in ready or w.proc.sentinel in ready):
+                self._receive(w, b)
+        now = time.monotonic()
+        for w in list(self._workers):
+            if w in self._workers and w.inflight and now >= self._deadline(w):
+                self._expire(w, b)
+
+    def _deadline(self, w: _Worker) -> float:
+        return w.head_since + self.cfg.timeout_s if w.ready else w.spawned_at + _STARTUP_TIMEOUT_S
+
+    def _dispatch(self, w: _Worker, b: _Batch, *, max_chunks: int) -> None:
+        """Send chunks while `w` may take them: any size when idle, else small ones ahead."""
+        while b.todo and len(w.chunks) < max_chunks:
+            idle = not w.chunks and w.ready
+            ids = self._take_chunk(b)
+            payload = self._pickle_chunk(ids, b)
+            if payload is None:
+                continue
+            if not idle and len(payload) > _AHEAD_MAX_BYTES:
+                b.todo.extendleft(reversed(ids))
+                return
+            try:
+                w.conn.send_bytes(payload)
+            except OSError:  # it died; its sentinel is ready and _receive replaces it
+                b.todo.extendleft(reversed(ids))
+                return
+            if not w.inflight:
+                w.head_since = time.monotonic()
+            w.inflight.extend(ids)
+            w.chunks.append(len(ids))
+
+    def _take_chunk(self, b: _Batch) -> list[int]:
+        if b.todo[0] in b.suspects:
+            return [b.todo.popleft()]
+        per_worker = math.ceil(len(b.todo) / (2 * len(self._workers)))
+        k = max(1, min(64, per_worker, int(_CHUNK_TARGET_S / self._item_s)))
+        ids: list[int] = []
+        while b.todo and len(ids) < k and b.todo[0] not in b.suspects:
+            ids.append(b.todo.popleft())
+        return ids
+
+    def _pickle_chunk(self, ids: list[int], b: _Batch) -> bytes | None:
+        """Pickle a chunk; samples that cannot be pickled are scored 0 here and left out."""
+        try:
+            return pickle.dumps([b.items[i] for i in ids], protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            pass
+        good = []
+        for i in ids:
+            try:
+                pickle.dumps(b.items[i])
+                good.append(i)
+            except Exception as e:
+                self._finish(b, i, Score(0.0, {}, f"env fields cannot be sent to a worker: {e}"))
+        b.todo.extendleft(reversed(good))
+        return None
+
+    def _receive(self, w: _Worker, b: _Batch) -> None:
+        """Take every result `w` has sent; if it died, blame its head sample and replace it."""
+        dead = False
+        try:
+            while w.conn.poll():
+                self._on_message(w, b, w.conn.recv())
+        except (EOFError, OSError):
+            dead = True
+        if dead or not w.proc.is_alive():
+            self._on_death(w, b)
+
+    def _on_message(self, w: _Worker, b: _Batch, msg: Any) -> None:
+        now = time.monotonic()
+        if msg == _READY:
+            w.ready, w.head_since = True, now
+            self._startup_failures = 0
+            return
+        idx, reward, comps, error = msg
+        head = w.inflight.popleft()
+        assert head == idx, f"worker returned sample {idx}, expected {head}"  # results come in order
+        self._item_s = 0.9 * self._item_s + 0.1 * max(now - w.head_since, 1e-6)
+        w.head_since = now
+        w.chunks[0] -= 1
+        if not w.chunks[0]:
+            w.chunks.popleft()
+        self._finish(b, idx, Score(reward, comps, error))
+
+    def _on_death(self, w: _Worker, b: _Batch) -> None:
+        w.proc.join(timeout=1)
+        code = w.proc.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        if not w.ready:
+            self._startup_failures += 1
+            self._replace(w, b, requeue=list(w.inflight))
+            if self._startup_failures >= _MAX_STARTUP_FAILURES:
+                self._fail_all(b, f"verifier worker failed to start ({how}) {self._startup_failures} times; "
+                                  f"check env.module={self.cfg.module!r} and env.name={self.cfg.name!r}")
+            return
+        if not w.inflight:
+            self._replace(w, b, requeue=[])
+            return
+        head, rest = w.inflight[0], list(w.inflight)[1:]
+        self._stats["verifier/crashes"] += 1
+        b.attempts[head] += 1
+        self._replace(w, b, requeue=rest)
+        if b.attempts[head] > self.cfg.max_retries:
+            self._finish(b, head, Score(0.0, {}, f"verifier crashed: worker {how} while scoring this "
+                                                 f"sample ({b.attempts[head]} attempts)"))
+        else:
+            b.suspects.add(head)
+            b.todo.appendleft(head)
+
+    def _expire(self, w: _Worker, b: _Batch) -> None:
+        """`w` ran past a deadline: its head sample timed out (or it never started)."""
+        if not w.ready:
+            self._startup_failures += 1
+            self._replace(w, b, requeue=list(w.inflight))
+            if self._startup_failures >= _MAX_STARTUP_FAILURES:
+                self._fail_all(b, f"verifier worker did not start within {_STARTUP_TIMEOUT_S:g}s")
+            return
+        head = w.inflight[0]
+        self._replace(w, b, requeue=list(w.inflight)[1:])
+        self._stats["verifier/timeouts"] += 1
+        self._finish(b, head, Score(0.0, {}, f"timeout after {self.cfg.timeout_s:g}s"))
+
+    def _replace(self, w: _Worker, b: _Batch, *, requeue: list[int]) -> None:
+        """Kill `w` (if it died on its own: what it left in its group), resend `requeue`, respawn."""
+        _kill_tree(w.proc)
+        w.conn.close()
+        b.todo.extendleft(reversed(requeue))
+        self._workers[self._workers.index(w)] = self._spawn()
+
+    def _fail_all(self, b: _Batch, error: str) -> None:
+        for w in self._workers:
+            while w.inflight:  # can't start workers: nothing in flight will come back
+                self._finish(b, w.inflight.popleft(), Score(0.0, {}, error))
+            w.chunks.clear()
+        while b.todo:
+            self._finish(b, b.todo.popleft(), Score(0.0, {}, error))
+        self._reset()
+
+    def _finish(self, b: _Batch, idx: int, s: Score) -> None:
+        if b.out[idx] is None:
+            b.out[idx] = s
+            b.left -= 1
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=_worker_main, args=(child, self.cfg.name, self.cfg.module),
+                                 name="verifier-worker", daemon=False)
+        proc.start()
+        child.close()
+        return _Worker(proc, parent, spawned_at=time.monotonic())
+
+    def _reset(self) -> None:
+        """Kill every worker and start fresh ones (after an internal error or startup failures)."""
+        _kill_all(self._workers)
+        for w in self._workers:
+            w.conn.close()
+        self._workers[:] = [self._spawn() for _ in range(self.cfg.num_workers)]
+        self._startup_failures = 0
+
+
+# ------------------------------------------------------------------ entry points
+
+
+def make_scorer(cfg: EnvConfig) -> Scorer:
+    """env.url → RemoteScorer; env.num_workers == 0 → InlineScorer; else VerifierPool."""
+    if cfg.url:
+        from nemo_rlvr.envs.remote import RemoteScorer
+
+        return RemoteScorer(cfg)
+    if cfg.num_workers == 0:
+        return InlineScorer(cfg)
+    return VerifierPool(cfg)
+
+
+def score_records(records: Sequence[Mapping[str, Any]], default_env: str,
+                  scorer: Scorer | EnvConfig) -> list[dict[str, Any]]:
+    """Score verify records (already checked, see records.check_record) into output records.
+
+    `scorer` is a live scorer (reused across calls: CLI, server) or an EnvConfig, for which a
+    scorer is built and closed around this one call.
+    """
+    own = isinstance(scorer, EnvConfig)
+    s = make_scorer(scorer) if own else scorer
+    try:
+        scores = s.score([record_to_sample(r, default_env) for r in records])
+    finally:
+        if own:
+            s.close()
+    return [scored_record(r, sc) for r, sc in zip(records, scores)]

@@ -1,0 +1,99 @@
+"""Test-only environments for the verifier pool, CLI and server tests.
+
+Loaded in worker processes through `env.module="tests.helpers.verifier_envs"` (or
+`--env-module`). Each misbehaves on request, driven by the record's env fields.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from nemo_rlvr.envs.base import Score, register_env, score_safely
+from nemo_rlvr.rollout.base import Sample
+
+
+class _Base:
+    name = ""
+
+    def score(self, samples: Sequence[Sample]) -> list[Score]:
+        return [score_safely(self, s.text, s.fields) for s in samples]
+
+
+@register_env("test_sleep")
+class SleepEnv(_Base):
+    """Sleeps `sleep_s` (default 0), then rewards 1; a hang when sleep_s is large."""
+
+    name = "test_sleep"
+
+    def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
+        time.sleep(float(fields.get("sleep_s", 0.0)))
+        return Score(1.0, {"slept": float(fields.get("sleep_s", 0.0))})
+
+
+@register_env("test_crash")
+class CrashEnv(_Base):
+    """`crash: true` kills the process (os._exit); `crash_once: PATH` does so only while PATH is absent."""
+
+    name = "test_crash"
+
+    def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
+        if fields.get("crash"):
+            os._exit(3)
+        marker = fields.get("crash_once")
+        if marker and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(4)
+        return Score(1.0, {"pid": float(os.getpid())})
+
+
+@register_env("test_raise")
+class RaiseEnv(_Base):
+    """Raises ValueError from score_record."""
+
+    name = "test_raise"
+
+    def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
+        raise ValueError(f"bad response {response!r}")
+
+
+@register_env("test_echo")
+class EchoEnv(_Base):
+    """Reward = float(response); cheap, for overhead measurements and order checks."""
+
+    name = "test_echo"
+
+    def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
+        return Score(float(response), {"len": float(len(response))})
+
+
+@register_env("test_spin")
+class SpinEnv(_Base):
+    """Busy-loops `spin` iterations (CPU-bound, holds the GIL), reward 1."""
+
+    name = "test_spin"
+
+    def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
+        x = 0
+        for i in range(int(fields.get("spin", 10_000))):
+            x += i * i
+        return Score(1.0)
+
+
+@register_env("test_spawn_sleeper")
+class SpawnSleeperEnv(_Base):
+    """Starts a child `sleep 60` in its own session (like a sandbox), writes its pid to
+    `pid_file`, then hangs: checks that a timeout kills descendants outside the group."""
+
+    name = "test_spawn_sleeper"
+
+    def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
+        import subprocess
+
+        p = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        with open(fields["pid_file"], "w") as f:
+            f.write(str(p.pid))
+        time.sleep(60)
+        return Score(1.0)

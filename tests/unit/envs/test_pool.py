@@ -1,0 +1,206 @@
+"""Verifier pool: order, per-sample timeouts, crash isolation and retries, metrics, cleanup."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import psutil
+import pytest
+
+from nemo_rlvr.config import EnvConfig
+from nemo_rlvr.envs.base import Score
+from nemo_rlvr.envs.pool import InlineScorer, VerifierPool, checked_score, make_scorer, score_records
+from nemo_rlvr.rollout.base import Sample
+
+MODULE = "tests.helpers.verifier_envs"
+
+
+def sample(text: str, env: str = "test_echo", **fields) -> Sample:
+    return Sample([], [], [], text, "stop", 0, env, fields)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = VerifierPool(EnvConfig(name="test_echo", module=MODULE, num_workers=2, timeout_s=0.5, max_retries=1))
+    yield p
+    p.close()
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_keeps_order_across_workers_and_envs(pool):
+    samples = [sample(str(i)) if i % 7 else sample("x", env="test_spin", spin=100) for i in range(500)]
+    out = pool.score(samples)
+    assert len(out) == 500
+    for i, s in enumerate(out):
+        assert s == (Score(float(i), {"len": float(len(str(i)))}) if i % 7 else Score(1.0))
+
+
+def test_empty_batch(pool):
+    assert pool.score([]) == []
+
+
+def test_timeout_scores_zero_and_spares_the_others(pool):
+    pool.metrics()
+    samples = [sample("0"), sample("x", env="test_sleep", sleep_s=30), *[sample(str(i)) for i in range(2, 40)]]
+    t0 = time.monotonic()
+    out = pool.score(samples)
+    elapsed = time.monotonic() - t0
+    assert out[1] == Score(0.0, {}, "timeout after 0.5s")
+    assert [s.reward for i, s in enumerate(out) if i != 1] == [float(i) for i in range(40) if i != 1]
+    assert all(s.error is None for i, s in enumerate(out) if i != 1)
+    assert 0.5 <= elapsed < 2.0  # one timeout (0.5 s) + a respawn, not 30 s
+    m = pool.metrics()
+    assert (m["verifier/timeouts"], m["verifier/errors"], m["verifier/crashes"]) == (1, 1, 0)
+
+
+def test_two_hangs_on_two_workers_time_out_together(pool):
+    t0 = time.monotonic()
+    out = pool.score([sample("x", env="test_sleep", sleep_s=30)] * 2 + [sample("5")])
+    assert [s.error for s in out] == ["timeout after 0.5s"] * 2 + [None]
+    assert time.monotonic() - t0 < 1.5  # in parallel, not one after the other
+
+
+def test_timeout_kills_descendants_in_their_own_session(pool, tmp_path):
+    pid_file = tmp_path / "child.pid"
+    out = pool.score([sample("x", env="test_spawn_sleeper", pid_file=str(pid_file))])
+    assert out[0].error == "timeout after 0.5s"
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 2
+    while not gone(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gone(child), "a sandbox-like child (own session) outlived its killed worker"
+
+
+def test_crash_is_retried_then_scored_zero_and_pool_recovers(pool):
+    pool.metrics()
+    out = pool.score([sample("1"), sample("x", env="test_crash", crash=True), sample("3")])
+    assert out[0] == Score(1.0, {"len": 1.0}) and out[2] == Score(3.0, {"len": 1.0})
+    assert out[1].reward == 0.0
+    assert out[1].error == "verifier crashed: worker exit code 3 while scoring this sample (2 attempts)"
+    m = pool.metrics()
+    assert (m["verifier/crashes"], m["verifier/errors"], m["verifier/samples"]) == (2, 1, 3)  # 1 try + 1 retry
+    assert [s.reward for s in pool.score([sample(str(i)) for i in range(20)])] == [float(i) for i in range(20)]
+
+
+def test_crash_once_succeeds_on_retry(pool, tmp_path):
+    pool.metrics()
+    out = pool.score([sample("x", env="test_crash", crash_once=str(tmp_path / "crashed"))])
+    assert out[0].reward == 1.0 and out[0].error is None
+    assert pool.metrics()["verifier/crashes"] == 1
+
+
+def test_env_that_raises_sets_error(pool):
+    out = pool.score([sample("oops", env="test_raise"), sample("2")])
+    assert out == [Score(0.0, {}, "ValueError: bad response 'oops'"), Score(2.0, {"len": 1.0})]
+
+
+def test_unknown_env_is_a_per_sample_error(pool):
+    out = pool.score([sample("1", env="no_such_env"), sample("2")])
+    assert out[0].reward == 0.0 and out[0].error.startswith("unknown environment 'no_such_env'")
+    assert out[1].error is None
+
+
+def test_unpicklable_fields_fail_only_that_sample(pool):
+    out = pool.score([sample("1"), sample("2", f=lambda: 0), sample("3")])
+    assert [s.reward for s in out] == [1.0, 0.0, 3.0]
+    assert out[1].error.startswith("env fields cannot be sent to a worker")
+
+
+def test_metrics_count_and_reset(pool):
+    pool.metrics()
+    pool.score([sample("1"), sample("x", env="test_raise"), sample("2")])
+    m = pool.metrics()
+    assert (m["verifier/samples"], m["verifier/errors"], m["verifier/timeouts"], m["verifier/crashes"]) == (3, 1, 0, 0)
+    assert m["verifier/seconds"] > 0
+    assert set(pool.metrics().values()) == {0.0}
+
+
+def test_close_leaves_no_processes():
+    p = VerifierPool(EnvConfig(name="test_echo", module=MODULE, num_workers=2, timeout_s=5))
+    assert p.score([sample("1")])[0].reward == 1.0
+    pids = p.worker_pids()
+    assert len(pids) == 2
+    p.close()
+    p.close()  # idempotent
+    assert all(gone(pid) for pid in pids)
+    assert p.score([sample("1")]) == [Score(0.0, {}, "verifier pool is closed")]
+
+
+def test_close_kills_a_worker_stuck_mid_sample():
+    """close() after an interrupted score() (e.g. Ctrl-C) still ends every worker."""
+    p = VerifierPool(EnvConfig(name="test_sleep", module=MODULE, num_workers=1, timeout_s=60))
+    p.score([sample("x", sleep_s=0)])
+    w = p._workers[0]
+    w.conn.send([(0, "test_sleep", "x", {"sleep_s": 60})])  # as if score() had been interrupted
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    p.close()
+    assert time.monotonic() - t0 < 3 and gone(w.proc.pid)
+
+
+def test_workers_that_cannot_start_fail_the_batch_quickly():
+    p = VerifierPool(EnvConfig(name="test_echo", module="tests.helpers.verifier_env_exit_on_import",
+                               num_workers=1, timeout_s=5))
+    t0 = time.monotonic()
+    out = p.score([sample("1"), sample("2")])
+    p.close()
+    assert time.monotonic() - t0 < 5
+    assert all(s.reward == 0.0 and "failed to start (exit code 5)" in s.error for s in out)
+
+
+def test_inline_scorer_never_raises():
+    s = InlineScorer(EnvConfig(name="test_echo", module=MODULE))
+    out = s.score([sample("4"), sample("x", env="test_raise"), sample("1", env="no_such_env")])
+    assert out[0] == Score(4.0, {"len": 1.0})
+    assert out[1].error == "ValueError: bad response 'x'"
+    assert out[2].error.startswith("unknown environment 'no_such_env' (the sample's env")
+    assert s.metrics()["verifier/errors"] == 2
+
+
+class _Weird:
+    name = "weird"
+
+    def __init__(self, ret):
+        self.ret = ret
+
+    def score_record(self, response, fields):
+        if self.ret == "exit":
+            raise SystemExit(7)
+        return self.ret
+
+
+@pytest.mark.parametrize("ret, error", [
+    (Score(math.nan), "environment returned a non-finite reward (nan)"),
+    (0.5, "environment returned float, not Score"),
+    (Score("high"), "environment returned a non-numeric reward or component (could not convert string to float: 'high')"),
+    ("exit", "verifier called exit(7)"),
+])
+def test_checked_score_rejects_bad_results(ret, error):
+    assert checked_score(_Weird(ret), "", {}) == Score(0.0, {}, error)
+
+
+def test_make_scorer_picks_the_backend():
+    assert isinstance(make_scorer(EnvConfig(num_workers=0)), InlineScorer)
+    remote = make_scorer(EnvConfig(url="http://127.0.0.1:9"))
+    assert type(remote).__name__ == "RemoteScorer"
+    remote.close()
+    pool = make_scorer(EnvConfig(num_workers=1))
+    assert isinstance(pool, VerifierPool)
+    pool.close()
+
+
+def test_score_records_with_a_config():
+    records = [{"id": "a", "prompt": "1+1", "response": "2", "answer": 2},
+               {"id": "b", "env": "arithmetic", "prompt": "2+2", "response": "5", "answer": 4, "extra": 1}]
+    out = score_records(records, "arithmetic", EnvConfig(num_workers=0))
+    assert out[0] == {**records[0], "reward": 1.0, "reward_components": {"correct": 1.0}, "error": None}
+    assert out[1] == {**records[1], "reward": 0.0, "reward_components": {"correct": 0.0}, "error": None}
+    assert os.getpid()  # scored in-process: nothing to clean up
