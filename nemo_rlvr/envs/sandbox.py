@@ -1,0 +1,482 @@
+"""Isolated execution of model-written Python: one fresh, confined process per run.
+
+Model-written code never runs in the trainer's process or with its environment,
+files or network (DESIGN.md). `run_sandboxed(source, ...)` runs `source` as a
+program and returns what happened; the guarantees, per platform, are in
+docs/sandbox.md. On Linux as root (the cluster and container case):
+
+    verifier (pool worker)                  host PID namespace, own session
+      └─ launcher  python -I -S -c _LAUNCHER  unshare(NEWPID|NEWNET|NEWNS|NEWIPC|NEWUTS)
+           └─ init (pid 1, root)            mounts: / read-only, tmpfs /tmp (= scratch),
+                │                           own /proc, /root and /home hidden
+                └─ program (pid 2)          uid/gid = fresh random id, setsid, rlimits,
+                                            no_new_privs, exec python -I -S -B main.py
+
+The verifier kills the launcher's process group with SIGKILL at the wall-clock
+limit; init dies with it (PDEATHSIG) and the kernel then kills every process in
+the PID namespace, so nothing outlives a run. The process cap is RLIMIT_NPROC on
+a uid no other process has (RLIMIT_NPROC does not bind uid 0). Without root it
+uses a user namespace; without namespaces (macOS) it falls back to rlimits only,
+with a logged warning. `capabilities()` says which mode runs and what it enforces.
+
+The program reports a result by writing one JSON object to fd `RESULT_FD` (3);
+stdout and stderr are captured, bounded by `max_output_bytes` each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+RESULT_FD = 3
+"""The fd a sandboxed program writes its JSON result to."""
+SandboxMode = Literal["namespaces", "userns", "rlimits"]
+SandboxStatus = Literal["ok", "error", "timeout", "oom", "killed"]
+_UID_BASE = 0x70000000  # per-run uids are drawn from [_UID_BASE, _UID_BASE + 2**24)
+_RESULT_MAX = 1 << 20
+_HIDDEN_DIRS = ("/root", "/home")
+
+# The launcher runs in a fresh `python -I -S` (no site-packages, no environment), so it
+# may import only the standard library. argv[1] is its JSON config (see `_launch_config`).
+_LAUNCHER = r'''
+import ctypes, json, os, select, sys
+C = json.loads(sys.argv[1])
+LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+NS = {"mnt": 0x20000, "uts": 0x4000000, "ipc": 0x8000000, "pid": 0x20000000, "net": 0x40000000}
+
+def check(ret, what):
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, what + ": " + os.strerror(err))
+
+def mount(src, dst, fstype, flags, data=None):
+    enc = lambda s: None if s is None else s.encode()
+    check(LIBC.mount(enc(src), enc(dst), enc(fstype), ctypes.c_ulong(flags), enc(data)), "mount " + dst)
+
+def make_readonly():
+    class MountAttr(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_uint64) for n in ("attr_set", "attr_clr", "propagation", "userns_fd")]
+    attr = MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY, recursively (mount_setattr, Linux >= 5.12)
+    if LIBC.syscall(442, -100, b"/", 0x8000, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
+        return
+    for line in open("/proc/self/mountinfo").read().splitlines():  # older kernels: one by one
+        point = line.split()[4].replace("\\040", " ")
+        try:
+            keep = os.statvfs(point).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
+        except OSError:
+            pass
+
+def setup_fs(uid, gid):
+    mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
+    src = os.open(C["scratch"], os.O_RDONLY | os.O_DIRECTORY)
+    keep = [(p, os.open(p, os.O_PATH)) for p in C["reexpose"]]
+    make_readonly()
+    tmp = "size=%dm,mode=700,uid=%d,gid=%d" % (C["tmp_mb"], uid, gid)
+    for d in ("/tmp", "/var/tmp", "/dev/shm", "/run"):
+        if os.path.isdir(d):
+            mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, tmp if d == "/tmp" else "size=1m,mode=755")
+    for d in C["hide"]:
+        if os.path.isdir(d):
+            mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    for path, fd in keep:  # the interpreter, when it lives under a hidden dir
+        os.makedirs(path, exist_ok=True)
+        mount("/proc/self/fd/%d" % fd, path, None, MS_BIND | MS_REC)
+    for d in C["hide"]:
+        if os.path.isdir(d):
+            mount(None, d, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    try:
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError:  # a user namespace may not mount proc: show none at all
+        mount("tmpfs", "/proc", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k")
+    for name in os.listdir(src):
+        fd = os.open(name, os.O_RDONLY, dir_fd=src)
+        with os.fdopen(fd, "rb") as f, open("/tmp/" + name, "wb") as out:
+            out.write(f.read())
+        os.chown("/tmp/" + name, uid, gid)
+        os.chmod("/tmp/" + name, 0o600)
+
+def user_tasks(uid):
+    n = 0
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and os.stat("/proc/" + pid).st_uid == uid:
+                n += len(os.listdir("/proc/%s/task" % pid))
+        except OSError:
+            pass
+    return n
+
+def exec_program(workdir, new_session):
+    import resource
+    if new_session:
+        os.setsid()
+    if C["uid"] is not None:
+        os.setgroups([])
+        os.setresgid(C["gid"], C["gid"], C["gid"])
+        os.setresuid(C["uid"], C["uid"], C["uid"])
+    nproc = C["nproc"]
+    if C["mode"] == "rlimits" and C["uid"] is None and os.path.isdir("/proc"):
+        nproc += user_tasks(os.getuid())  # shared with the user's other processes
+    for name, soft, hard in C["rlimits"] + [["RLIMIT_NPROC", nproc, nproc]]:
+        try:
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+        except (ValueError, OSError, AttributeError):
+            pass  # macOS: no RLIMIT_AS
+    if LIBC is not None:
+        LIBC.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: setuid binaries gain nothing
+    if C["res_fd"] != 3:
+        os.dup2(C["res_fd"], 3)
+    os.set_inheritable(3, True)
+    os.closerange(4, 1 << 16)
+    os.chdir(workdir)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
+    os.execve(C["exe"], [C["exe"], "-I", "-S", "-B", "main.py"], env)
+
+def spawn_program(workdir, new_session):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            exec_program(workdir, new_session)
+        except BaseException as e:
+            os.write(2, ("sandbox: cannot start program: %r\n" % (e,)).encode())
+        os._exit(127)
+    return pid
+
+def report(msg):
+    os.write(C["status_fd"], msg.encode())
+
+def init_main(uid, gid):
+    try:
+        setup_fs(uid, gid)
+    except OSError as e:
+        report("setup %s" % e)
+        os._exit(1)
+    pid = spawn_program("/tmp", True)
+    os.close(C["res_fd"])
+    while True:  # as pid 1, also reap orphans until the program itself exits
+        got, status = os.waitpid(-1, 0)
+        if got == pid:
+            report("exit %d" % status)
+            os._exit(0)
+
+def run_namespaced():
+    flags = NS["mnt"] | NS["uts"] | NS["ipc"] | NS["pid"] | NS["net"]
+    uid, gid = os.getuid(), os.getgid()
+    if C["mode"] == "userns":
+        check(LIBC.unshare(flags | 0x10000000), "unshare")
+        for name, text in (("setgroups", "deny"), ("uid_map", "0 %d 1" % uid), ("gid_map", "0 %d 1" % gid)):
+            with open("/proc/self/" + name, "w") as f:
+                f.write(text)
+        uid = gid = 0
+    else:
+        check(LIBC.unshare(flags), "unshare")
+    if C["uid"] is not None:
+        uid, gid = C["uid"], C["gid"]
+    life_r, life_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(life_w)
+        LIBC.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = SIGKILL: dies with the launcher
+        if select.select([life_r], [], [], 0)[0]:
+            os._exit(1)  # the launcher died before prctl took effect
+        init_main(uid, gid)
+    os.close(C["status_fd"])
+    os.close(C["res_fd"])
+    os.waitpid(pid, 0)
+
+if C["mode"] == "rlimits":
+    child = spawn_program(C["scratch"], False)
+    os.close(C["res_fd"])
+    report("exit %d" % os.waitpid(child, 0)[1])
+else:
+    run_namespaced()
+'''
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """What happened to one sandboxed run."""
+
+    status: SandboxStatus
+    """ok: exit 0; error: other exit; timeout: wall or CPU limit; oom: MemoryError; killed: a signal."""
+    exit_code: int | None
+    """Exit code, or -signal when killed by a signal; None when the program never reported."""
+    stdout: str
+    stderr: str
+    duration_s: float
+    result: dict | None
+    """The JSON object the program wrote to fd RESULT_FD, if it wrote exactly one."""
+    truncated: bool = False
+    """True when stdout or stderr went past max_output_bytes and was cut."""
+
+
+@dataclass(frozen=True)
+class SandboxCapabilities:
+    """What the sandbox enforces on this machine (docs/sandbox.md has the full table)."""
+
+    mode: SandboxMode
+    pid_namespace: bool
+    """Own PID namespace and /proc: no other process is visible or signalable."""
+    network_namespace: bool
+    """No network at all, loopback included."""
+    readonly_filesystem: bool
+    """Everything read-only except a private tmpfs /tmp; /root and /home hidden."""
+    uid_drop: bool
+    """Runs as a fresh unprivileged uid/gid, so RLIMIT_NPROC binds even when the verifier is root."""
+    process_cap: Literal["exact", "shared", "none"]
+    """exact: max_procs counts only this run; shared: with the user's other processes; none."""
+    warning: str | None = None
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself could not run (not the program's fault)."""
+
+
+_CAPS_LOCK = threading.Lock()
+
+
+def _caps_for(mode: SandboxMode, uid_drop: bool) -> SandboxCapabilities:
+    ns = mode != "rlimits"
+    linux = sys.platform.startswith("linux")
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    cap = "exact" if (uid_drop or mode == "userns") else ("shared" if linux and not root else "none")
+    warning = None
+    if mode != "namespaces" or not uid_drop:
+        warning = f"sandbox mode {mode!r}, uid drop {uid_drop}: " + (
+            "programs run as the verifier's user and may read that user's files" if ns else
+            "NO network, PID or filesystem isolation; model-written code can use the network and "
+            "write wherever this user can. Run as root or enable user namespaces "
+            "(sysctl kernel.unprivileged_userns_clone=1)."
+        )
+    return SandboxCapabilities(mode, ns, ns, ns, uid_drop, cap, warning)
+
+
+_PROBE = """
+import json, os, socket
+s = socket.socket()
+try:
+    s.settimeout(1.0); s.connect(("127.0.0.1", 9)); net = True
+except OSError:
+    net = False
+os.write(3, json.dumps({"pid": os.getpid(), "uid": os.getuid(), "net": net}).encode())
+"""
+
+
+def _probe(caps: SandboxCapabilities) -> str | None:
+    """Run a tiny program under `caps`; None when it ran confined as promised, else why not."""
+    try:
+        out = _run(_PROBE, caps, timeout_s=20.0, memory_mb=256, max_procs=4,
+                   max_output_bytes=4096, files=None)
+    except (OSError, SandboxError) as e:
+        return str(e)
+    r = out.result or {}
+    if out.status != "ok" or (caps.mode != "rlimits" and (r.get("pid") != 2 or r.get("net"))):
+        return f"status={out.status} result={out.result} stderr={out.stderr[-300:]!r}"
+    if caps.uid_drop and r.get("uid") == 0:
+        return "program still ran as uid 0"
+    return None
+
+
+def _detect(mode: SandboxMode) -> tuple[SandboxCapabilities | None, str | None]:
+    """The capabilities of `mode` here (uid drop when root and it works), or None and why not."""
+    if mode != "rlimits" and not sys.platform.startswith("linux"):
+        return None, "namespaces need Linux"
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    why = None
+    for uid_drop in (True, False) if root and mode != "userns" else (False,):
+        caps = _caps_for(mode, uid_drop)
+        why = _probe(caps)
+        if why is None:
+            return caps, None
+    return None, why
+
+
+_BY_MODE: dict[str, SandboxCapabilities | None] = {}
+
+
+def capabilities(mode: SandboxMode | None = None) -> SandboxCapabilities:
+    """Detect (once, by running probes) the strongest sandbox mode that works here.
+
+    With `mode` given, that mode's capabilities (SandboxError when it cannot work here).
+    """
+    with _CAPS_LOCK:
+        tried: list[str] = []
+        for m in ((mode,) if mode else ("namespaces", "userns", "rlimits")):
+            if m not in _BY_MODE:
+                _BY_MODE[m], why = _detect(m)
+                if _BY_MODE[m] is None:
+                    tried.append(f"{m}: {why}")
+                elif _BY_MODE[m].warning and mode is None:
+                    log.warning("%s%s", _BY_MODE[m].warning, f" (tried: {'; '.join(tried)})" if tried else "")
+            if _BY_MODE[m] is not None:
+                return _BY_MODE[m]
+        raise SandboxError(f"no sandbox mode works here: {'; '.join(tried) or mode}")
+
+
+def run_sandboxed(
+    source: str,
+    *,
+    timeout_s: float,
+    memory_mb: int,
+    max_procs: int,
+    max_output_bytes: int,
+    files: dict[str, str] | None = None,
+    mode: SandboxMode | None = None,
+) -> SandboxResult:
+    """Run `source` as a Python program in a fresh sandbox; never leaves files or processes.
+
+    `files` are written next to the program (names only, no '/'); `mode` forces a
+    sandbox mode (tests), otherwise the strongest that works here is used.
+    """
+    for name in files or {}:
+        if not name or "/" in name or name in (".", "..", "main.py"):
+            raise ValueError(f"files: {name!r} is not a plain file name; use names like 'data.json'.")
+    return _run(source, capabilities(mode), timeout_s=timeout_s, memory_mb=memory_mb,
+                max_procs=max_procs, max_output_bytes=max_output_bytes, files=files)
+
+
+def _launch_config(caps: SandboxCapabilities, scratch: str, memory_mb: int, max_procs: int,
+                   timeout_s: float, res_fd: int, status_fd: int) -> dict:
+    uid = _UID_BASE + secrets.randbelow(1 << 24) if caps.uid_drop else None
+    exe = os.path.realpath(sys.executable)
+    roots = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, os.path.dirname(exe))}
+    hide = [d for d in _HIDDEN_DIRS if os.path.isdir(d)]
+    cpu_s = int(timeout_s) + 1
+    return {
+        "mode": caps.mode, "exe": exe, "scratch": scratch, "uid": uid, "gid": uid,
+        "res_fd": res_fd, "status_fd": status_fd, "tmp_mb": max(16, memory_mb // 4),
+        "hide": hide, "reexpose": sorted(p for p in roots if any(p.startswith(d + "/") for d in hide)),
+        "nproc": max_procs + (1 if caps.mode == "userns" else 0),  # userns: init counts too
+        "rlimits": [
+            ["RLIMIT_AS", memory_mb << 20, memory_mb << 20], ["RLIMIT_CPU", cpu_s, cpu_s + 1],
+            ["RLIMIT_FSIZE", 64 << 20, 64 << 20], ["RLIMIT_CORE", 0, 0], ["RLIMIT_NOFILE", 256, 256],
+        ],
+    }
+
+
+def _prepare_scratch(source: str, files: dict[str, str] | None, uid: int | None, mode: str) -> str:
+    scratch = tempfile.mkdtemp(prefix="nemo_rlvr_sbx_")
+    for name, text in {"main.py": source, **(files or {})}.items():
+        path = os.path.join(scratch, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        if mode == "rlimits" and uid is not None:
+            os.chown(path, uid, uid)
+    if mode == "rlimits" and uid is not None:
+        os.chown(scratch, uid, uid)
+    return scratch
+
+
+def _run(source: str, caps: SandboxCapabilities, *, timeout_s: float, memory_mb: int, max_procs: int,
+         max_output_bytes: int, files: dict[str, str] | None) -> SandboxResult:
+    t0 = time.monotonic()
+    res_r, res_w = os.pipe()
+    st_r, st_w = os.pipe()
+    cfg = _launch_config(caps, "", memory_mb, max_procs, timeout_s, res_w, st_w)
+    scratch = cfg["scratch"] = _prepare_scratch(source, files, cfg["uid"], caps.mode)
+    proc = None
+    try:
+        proc = subprocess.Popen(
+            [cfg["exe"], "-I", "-S", "-B", "-c", _LAUNCHER, json.dumps(cfg)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(res_w, st_w), env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            cwd=scratch, start_new_session=True,
+        )
+        os.close(res_w)
+        os.close(st_w)
+        res_w = st_w = -1
+        out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+        limits = {out_fd: max_output_bytes, err_fd: max_output_bytes, res_r: _RESULT_MAX, st_r: 4096}
+        bufs, cut, timed_out = _collect(proc, limits, deadline=t0 + timeout_s)
+    finally:
+        for fd in (res_w, st_w, res_r, st_r):
+            if fd >= 0:
+                os.close(fd)
+        if proc is not None:
+            _kill_group(proc)
+        shutil.rmtree(scratch, ignore_errors=True)
+    out, err = (bufs[fd].decode("utf-8", "replace") for fd in (out_fd, err_fd))
+    return _result(bufs[st_r].decode("ascii", "replace"), bufs[res_r], out, err,
+                   time.monotonic() - t0, timed_out, cut)
+
+
+def _collect(proc: subprocess.Popen, limits: dict[int, int], deadline: float
+             ) -> tuple[dict[int, bytes], bool, bool]:
+    """Read every pipe until all close or the deadline; keep at most limits[fd] bytes of each."""
+    bufs = {fd: bytearray() for fd in limits}
+    cut = False
+    sel = selectors.DefaultSelector()
+    for fd in limits:
+        sel.register(fd, selectors.EVENT_READ)
+    try:
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return {k: bytes(v) for k, v in bufs.items()}, cut, True
+            for key, _ in sel.select(timeout=min(left, 0.5)):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                room = limits[key.fd] - len(bufs[key.fd])
+                cut |= len(chunk) > room  # keep draining, so a chatty program is not blocked
+                bufs[key.fd] += chunk[: max(room, 0)]
+    finally:
+        sel.close()
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return {k: bytes(v) for k, v in bufs.items()}, cut, True
+    return {k: bytes(v) for k, v in bufs.items()}, cut, False
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    # The launcher is still unreaped here, so its pid (= the group id) cannot be reused yet.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+def _result(status_msg: str, raw_result: bytes, out: str, err: str, duration: float,
+            timed_out: bool, cut: bool) -> SandboxResult:
+    if status_msg.startswith("setup "):
+        raise SandboxError(f"sandbox setup failed: {status_msg[6:]}")
+    result = None
+    try:
+        parsed = json.loads(raw_result.decode("utf-8")) if raw_result.strip() else None
+        result = parsed if isinstance(parsed, dict) else None
+    except ValueError:
+        pass
+    code: int | None = None
+    if status_msg.startswith("exit "):
+        ws = int(status_msg.split()[1])
+        code = os.WEXITSTATUS(ws) if os.WIFEXITED(ws) else -os.WTERMSIG(ws)
+    if timed_out or code == -signal.SIGXCPU:
+        status: SandboxStatus = "timeout"
+    elif code is None or code < 0:
+        status = "killed"
+    elif err.rstrip().rsplit("\n", 1)[-1].startswith("MemoryError"):
+        status = "oom"
+    else:
+        status = "ok" if code == 0 else "error"
+    return SandboxResult(status, code, out, err, duration, result, cut)
