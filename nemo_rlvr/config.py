@@ -30,6 +30,8 @@ class _Cfg(BaseModel):
 
 
 class ClusterConfig(_Cfg):
+    mode: Literal["ray", "local"] = "ray"
+    """ray: workers are Ray actors; local: plain objects in this process (tests, debugging)."""
     address: str | None = None
     """Ray cluster to attach to ("auto" or "ray://host:10001"); None starts a local one."""
     num_cpus: int | None = Field(None, ge=1)
@@ -193,7 +195,9 @@ class ValidationConfig(_Cfg):
     every_steps: int = Field(0, ge=0)
     """Validate every N steps (always at start and end); 0: only start and end."""
     at_start: bool = True
-    max_prompts: int | None = Field(None, ge=1)
+    pass_k: tuple[int, ...] = ()
+    """Also sample max(pass_k) responses per prompt at the training temperature and report
+    val/sampled_accuracy and val/sampled_pass@k (unbiased estimator)."""
 
 
 class TrainConfig(_Cfg):
@@ -203,7 +207,7 @@ class TrainConfig(_Cfg):
 
 
 class RunConfig(_Cfg):
-    name: str = "tiny_cpu"
+    name: str = "grpo"
     """Run name; outputs go to <output_dir>/<name>/."""
     output_dir: str = "runs"
     seed: int = 0
@@ -326,3 +330,32 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def commented_yaml(model: type[BaseModel] = RunConfig, indent: int = 0) -> str:
+    """The defaults of `model` as YAML, each key with its docstring as a comment.
+
+    configs/grpo.yaml is this output (tests/unit/test_config.py keeps them in sync).
+    """
+    lines: list[str] = []
+    pad = "  " * indent
+    for name, f in model.model_fields.items():
+        if name == "base":
+            continue
+        doc = " ".join((f.description or "").split())
+        if doc:
+            lines.append(f"{pad}# {doc}")
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines.append(f"{pad}{name}:")
+            lines.append(commented_yaml(ann, indent + 1))
+            continue
+        value = f.get_default()
+        dumped = yaml.safe_dump({name: list(value) if isinstance(value, tuple) else value},
+                                default_flow_style=True, width=1000).strip()
+        lines.append(pad + dumped.removeprefix("{").removesuffix("}"))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # regenerate configs/grpo.yaml's body
+    print(commented_yaml())

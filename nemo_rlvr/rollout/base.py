@@ -89,6 +89,43 @@ class WeightBucket:
             yield name, flat[off : off + numel].view(shape)
 
 
+def pack_buckets(named: Iterable[tuple[str, Any]], bucket_bytes: int) -> list[WeightBucket]:
+    """Pack (name, tensor) pairs into flat numpy buckets of about `bucket_bytes` each.
+
+    One bucket per dtype run; a parameter larger than a bucket gets a bucket of its own.
+    numpy buffers travel zero-copy through Ray's shared-memory object store.
+    """
+    import torch
+
+    buckets: list[WeightBucket] = []
+    pending: list[tuple[str, Any]] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal pending, size
+        if not pending:
+            return
+        flat = torch.cat([t.detach().reshape(-1) for _, t in pending]).cpu()
+        offsets, off = [], 0
+        for _, t in pending:
+            offsets.append(off)
+            off += t.numel()
+        buckets.append(WeightBucket(
+            names=tuple(n for n, _ in pending), shapes=tuple(tuple(t.shape) for _, t in pending),
+            offsets=tuple(offsets), dtype=str(flat.dtype).removeprefix("torch."),
+            data=flat.numpy() if flat.dtype != torch.bfloat16 else flat))
+        pending, size = [], 0
+
+    for name, t in named:
+        nbytes = t.numel() * t.element_size()
+        if pending and (size + nbytes > bucket_bytes or pending[0][1].dtype != t.dtype):
+            flush()
+        pending.append((name, t))
+        size += nbytes
+    flush()
+    return buckets
+
+
 class Generator(Protocol):
     """A rollout backend. One object may front several Ray actors (see rollout/group.py)."""
 

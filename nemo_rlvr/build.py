@@ -1,0 +1,106 @@
+"""Construct a run from its config: model folder, data, workers, scorer, logger, checkpointer."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nemo_rlvr.checkpoint import Checkpointer
+from nemo_rlvr.config import ConfigError, RunConfig, dump_config
+from nemo_rlvr.controller import Components, RunState
+from nemo_rlvr.data.dataset import PromptLoader, load_records, to_prompts
+from nemo_rlvr.envs.pool import make_scorer
+from nemo_rlvr.learner.group import LearnerGroup, LearnerWorker
+from nemo_rlvr.logging import MetricLogger
+from nemo_rlvr.rollout.group import GeneratorGroup, GeneratorWorker
+
+log = logging.getLogger(__name__)
+
+TRAIN_POOL = 4096
+"""Procedural tasks: distinct training prompts drawn per run."""
+
+
+def resolve_model_dir(cfg: RunConfig) -> str:
+    """cfg.model.path, or the cached tiny model (built and warm-started on first use)."""
+    if cfg.model.path is not None:
+        path = Path(cfg.model.path)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.path={cfg.model.path!r} is not a Hugging Face model folder (no "
+                              f"config.json). Give a local folder written by save_pretrained.")
+        return str(path)
+    from nemo_rlvr.models.tiny import tiny_model_dir
+
+    return str(tiny_model_dir(cfg.model, cfg.data, cfg.seed))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_workers(cfg: RunConfig, model_dir: str) -> tuple[GeneratorGroup, LearnerGroup]:
+    g, a = cfg.generation, cfg.algorithm
+    gen_kwargs = dict(dtype=cfg.model.dtype)
+    if g.backend == "vllm":
+        gen_kwargs.update(vllm_kwargs(cfg))
+    learner_kwargs = dict(learner=cfg.learner, algorithm=a, temperature=g.temperature,
+                          dtype=cfg.model.dtype, seed=cfg.seed)
+    if cfg.cluster.mode == "local":
+        gens = [GeneratorWorker(g.backend, model_dir, num_threads=0, **gen_kwargs)]
+        return GeneratorGroup(gens), LearnerGroup([LearnerWorker(model_dir, num_threads=0, **learner_kwargs)])
+    import ray
+
+    from nemo_rlvr.cluster import place_workers, start_ray
+
+    start_ray(cfg.cluster)
+    place = place_workers(cfg.cluster, num_generators=g.num_workers, gen_tp=g.tensor_parallel_size,
+                          num_learners=cfg.learner.num_workers)
+    threads = 0 if place.use_gpu else 1
+    gen_cls, learn_cls = ray.remote(GeneratorWorker), ray.remote(LearnerWorker)
+    gens = [gen_cls.options(**o).remote(g.backend, model_dir, num_threads=threads, **gen_kwargs)
+            for o in place.generator]
+    learners = [learn_cls.options(**o).remote(model_dir, num_threads=threads, **learner_kwargs)
+                for o in place.learner]
+    return GeneratorGroup(gens), LearnerGroup(learners)
+
+
+def vllm_kwargs(cfg: RunConfig) -> dict:
+    g = cfg.generation
+    return dict(tensor_parallel_size=g.tensor_parallel_size, gpu_memory_utilization=g.gpu_memory_utilization,
+                kv_cache_gb=g.kv_cache_gb, seed=cfg.seed,
+                enable_sleep_mode=cfg.cluster.placement == "colocated")
+
+
+def build_run(cfg: RunConfig) -> Components:
+    if cfg.learner.num_workers != 1:
+        raise ConfigError(f"learner.num_workers={cfg.learner.num_workers}: sharded learners are not "
+                          f"supported yet; use learner.num_workers=1.")
+    seed_everything(cfg.seed)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    model_dir = resolve_model_dir(cfg)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    d = cfg.data
+    train_recs = load_records(d.source, d, split="train", n=TRAIN_POOL, seed=cfg.seed)
+    val_recs = load_records(d.val_source or d.source, d, split="val", n=d.val_size, seed=cfg.seed)[: d.val_size]
+    prompts = to_prompts(train_recs, tok, default_env=cfg.env.name, chat_template=d.chat_template)
+    val_prompts = to_prompts(val_recs, tok, default_env=cfg.env.name, chat_template=d.chat_template)
+    scorer = make_scorer(cfg.env)
+    generators, learner = make_workers(cfg, model_dir)
+    state = RunState()
+    loader = PromptLoader(prompts, seed=d.shuffle_seed)
+    logger = MetricLogger(cfg.logging, run_dir=run_dir, run_name=cfg.name, total_steps=cfg.train.steps,
+                          wandb_run_id=state.wandb_run_id, config=cfg.model_dump(mode="json"))
+    state.wandb_run_id = logger.wandb_run_id
+    ckpt = Checkpointer(cfg.checkpoint, run_dir=run_dir, learner=learner, loader=loader, state=state,
+                        tokenizer_dir=model_dir)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return Components(cfg, generators, learner, scorer, loader, val_prompts, logger, ckpt, pad, state)

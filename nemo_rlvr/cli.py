@@ -1,0 +1,106 @@
+"""`nemo-rlvr` command line: train | verify | serve-env.
+
+    nemo-rlvr train                                   # the tiny CPU recipe
+    nemo-rlvr train recipes/tiny_cpu.yaml learner.lr=1e-4 train.steps=10
+    nemo-rlvr train --print-config algorithm.kl_coef=0.01
+    nemo-rlvr verify --env math --input in.jsonl --output out.jsonl
+    nemo-rlvr serve-env --env math --port 8000
+
+User mistakes (config, files, env names) exit with status 2 and one paragraph on
+stderr naming the key and the fix; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from nemo_rlvr.config import ConfigError, dump_config, load_config
+from nemo_rlvr.envs.base import UnknownEnvError
+
+USER_ERRORS = (ConfigError, UnknownEnvError)
+
+
+def _split_train_args(items: list[str]) -> tuple[str | None, list[str]]:
+    recipe, overrides = None, []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif recipe is None:
+            recipe = item
+        else:
+            raise ConfigError(f"unexpected argument {item!r}: give at most one recipe file, then "
+                              f"key=value overrides (e.g. learner.lr=1e-5).")
+    return recipe, overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    recipe, overrides = _split_train_args(args.items)
+    cfg = load_config(recipe, overrides)
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    from nemo_rlvr.build import build_run
+    from nemo_rlvr.controller import train
+
+    run = build_run(cfg)
+    try:
+        train(run)
+    finally:
+        run.logger.close()
+        run.scorer.close()
+        if cfg.cluster.mode == "ray":
+            import ray
+
+            ray.shutdown()
+    _print_summary(cfg.run_dir)
+    return 0
+
+
+def _print_summary(run_dir: Path) -> None:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    val = [(r["step"], r["val/accuracy"]) for r in rows if "val/accuracy" in r]
+    if len(val) >= 2:
+        (s0, a0), (s1, a1) = val[0], val[-1]
+        print(f"validation accuracy (greedy, held-out): step {s0} {a0:.1%} -> step {s1} {a1:.1%} "
+              f"({(a1 - a0) * 100:+.1f} points)")
+    hf = run_dir / "final_hf"
+    if hf.is_dir():
+        print(f"trained model (Hugging Face folder): {hf}")
+    print(f"metrics: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nemo-rlvr", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train with GRPO (default: the tiny CPU recipe)")
+    p.add_argument("items", nargs="*", help="[RECIPE.yaml] [key.path=value ...]")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_train)
+
+    from nemo_rlvr.envs import cli as env_cli
+
+    p = sub.add_parser("verify", help="score a JSONL file of responses with an environment")
+    env_cli.add_verify_args(p)
+    p.set_defaults(func=env_cli.verify_main)
+    p = sub.add_parser("serve-env", help="serve an environment over HTTP (POST /verify)")
+    env_cli.add_serve_args(p)
+    p.set_defaults(func=env_cli.serve_main)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        print(f"nemo-rlvr: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

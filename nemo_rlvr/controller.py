@@ -1,0 +1,139 @@
+"""The synchronous GRPO loop, read top to bottom. Construction lives in build.py.
+
+    loader ──prompts──▶ generators (Ray actors) ──samples──▶ scorer (verifier pool)
+       ▲                      ▲                                   │ scores
+       │                      │ weight buckets (object store)     ▼
+    checkpointer ◀── state ── learner (Ray actor) ◀── batch ── advantages (pure)
+
+Each phase runs in a named timer (`timing/<phase>`); one metrics dict per step goes
+to the logger; validation runs at the start, every `validation.every_steps` and at
+the end; the checkpointer saves full state so a resumed run continues the same curve.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from nemo_rlvr.algorithms.advantages import grpo_advantages, group_stats
+from nemo_rlvr.config import RunConfig
+from nemo_rlvr.learner.packing import collate
+from nemo_rlvr.logging import Timer
+from nemo_rlvr.metrics import accuracy_metrics, logprob_mismatch, rollout_metrics
+from nemo_rlvr.rollout.base import Prompt, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """Controller state that a checkpoint restores (with the workers' own state)."""
+
+    step: int = 0
+    consumed_samples: int = 0
+    best_metric: float | None = None
+    wandb_run_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+@dataclass
+class Components:
+    """Everything the loop talks to, built by `build.build_run`."""
+
+    cfg: RunConfig
+    generators: Any          # GeneratorGroup (Generator protocol)
+    learner: Any             # LearnerGroup (Learner contract)
+    scorer: Any              # make_scorer(...): score / metrics / close
+    loader: Any              # PromptLoader
+    val_prompts: list[Prompt]
+    logger: Any              # MetricLogger
+    checkpointer: Any        # Checkpointer
+    pad_id: int
+    state: RunState
+
+
+def sampling_params(cfg: RunConfig, *, step: int) -> SamplingParams:
+    g = cfg.generation
+    return SamplingParams(n=cfg.algorithm.group_size, temperature=g.temperature, top_p=g.top_p,
+                          max_new_tokens=g.max_new_tokens, stop=g.stop, seed=cfg.seed * 100_003 + step)
+
+
+def validate(run: Components, step: int) -> dict[str, float]:
+    """Greedy accuracy (and sampled pass@k when configured) on the held-out prompts."""
+    cfg, prompts = run.cfg, run.val_prompts
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.generation.max_new_tokens,
+                            stop=cfg.generation.stop, seed=0)
+    samples = run.generators.generate(prompts, greedy)
+    scores = run.scorer.score(samples)
+    out = accuracy_metrics("val/", scores, [s.group_id for s in samples], ())
+    if cfg.validation.pass_k:
+        n = max(cfg.validation.pass_k)
+        sampled = replace(sampling_params(cfg, step=step), n=n, seed=10_000_019 + step)
+        samples = run.generators.generate(prompts, sampled)
+        scores = run.scorer.score(samples)
+        out |= accuracy_metrics("val/sampled_", scores, [s.group_id for s in samples], cfg.validation.pass_k)
+    return out
+
+
+def train(run: Components) -> RunState:
+    cfg, st = run.cfg, run.state
+    timer = Timer()
+    bucket_bytes = int(cfg.generation.weight_sync_bucket_mb * 2**20)
+    if st.step == 0 and cfg.validation.at_start:
+        run.logger.write(0, validate(run, 0))
+
+    for step in range(st.step + 1, cfg.train.steps + 1):
+        with timer("step"):
+            with timer("generate"):
+                prompts = run.loader.next_batch(cfg.train.prompts_per_step)
+                samples = run.generators.generate(prompts, sampling_params(cfg, step=step))  # N = B*G
+            with timer("score"):
+                scores = run.scorer.score(samples)                                          # never raises
+            rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)        # [N]
+            groups = torch.tensor([s.group_id for s in samples])                            # [N]
+            adv = grpo_advantages(rewards, groups, baseline=cfg.algorithm.baseline,
+                                  normalize_std=cfg.algorithm.normalize_std)                # [N]
+            batch = collate(samples, adv, pad_id=run.pad_id)
+            with timer("logprobs"):
+                batch = batch.with_(**run.learner.logprobs(batch))                          # logp_old, logp_ref
+            with timer("train"):
+                train_metrics = run.learner.train(batch)
+            with timer("weight_sync"):
+                sync_metrics = run.generators.load_weights(run.learner.weights(bucket_bytes))
+
+        metrics = (rollout_metrics(samples, scores)
+                   | logprob_mismatch(batch.logp_gen, batch.logp_old, batch.loss_mask)
+                   | {k: float(v) for k, v in group_stats(rewards, groups).items()}
+                   | train_metrics | sync_metrics | run.scorer.metrics() | timer.flush())
+        metrics |= throughput(metrics, samples, batch)
+        st.step, st.consumed_samples = step, st.consumed_samples + len(samples)
+        if step == cfg.train.steps or (cfg.validation.every_steps and step % cfg.validation.every_steps == 0):
+            metrics |= validate(run, step)
+        run.logger.write(step, metrics)
+        if cfg.logging.sample_table_every and step % cfg.logging.sample_table_every == 0:
+            run.logger.write_samples(step, sample_rows(samples, scores))
+        run.checkpointer.maybe_save(step, metrics, final=step == cfg.train.steps)
+    return st
+
+
+def throughput(metrics: dict[str, float], samples: list, batch) -> dict[str, float]:
+    gen_tokens = sum(len(s.response_ids) for s in samples)
+    trained = int(batch.attention_mask.sum())
+    return {
+        "throughput/gen_tokens_per_s": gen_tokens / max(metrics.get("timing/generate", 0.0), 1e-9),
+        "throughput/train_tokens_per_s": trained / max(metrics.get("timing/train", 0.0), 1e-9),
+    }
+
+
+def sample_rows(samples: list, scores: list, limit: int = 16) -> list[dict[str, Any]]:
+    return [{"prompt": s.prompt_text, "response": s.text, "reward": sc.reward, "error": sc.error}
+            for s, sc in list(zip(samples, scores))[:limit]]

@@ -1,0 +1,48 @@
+"""Call a worker that is either a Ray actor handle or a plain local object.
+
+The controller and the groups use `call` + `resolve`, so the same code drives Ray
+actors in training and plain objects in tests and GPU benchmarks run without Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _is_actor(obj: Any) -> bool:
+    try:
+        from ray.actor import ActorHandle
+    except ImportError:  # ray is optional for local use
+        return False
+    return isinstance(obj, ActorHandle)
+
+
+def call(obj: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Start `obj.method(*args)`: a Ray ObjectRef for an actor, the value for a local object."""
+    if _is_actor(obj):
+        return getattr(obj, method).remote(*args, **kwargs)
+    return getattr(obj, method)(*args, **kwargs)
+
+
+def resolve(value: Any) -> Any:
+    """Wait for ObjectRefs (one or a list); plain values pass through."""
+    try:
+        import ray
+    except ImportError:
+        return value
+    if isinstance(value, ray.ObjectRef):
+        return ray.get(value)
+    if isinstance(value, list) and value and all(isinstance(v, ray.ObjectRef) for v in value):
+        return ray.get(value)
+    return value
+
+
+def put_all(values: list[Any]) -> list[Any]:
+    """Put values into Ray's object store when running inside Ray; else return them as is."""
+    try:
+        import ray
+    except ImportError:
+        return values
+    if not ray.is_initialized():
+        return values
+    return [ray.put(v) for v in values]

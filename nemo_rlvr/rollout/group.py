@@ -1,0 +1,91 @@
+"""Generator workers (Ray actors or local objects) behind one `Generator`-shaped group.
+
+    controller --generate(prompts)--> GeneratorGroup --chunks--> worker 0 .. worker k-1
+    learner --buckets (object store)--> GeneratorGroup.load_weights --one call each--> workers
+
+A worker builds its backend by name (`hf`, `vllm`), so the controller never imports
+a backend. Prompts are split into contiguous chunks, one per worker; worker r samples
+with seed `seed * 1009 + r`, so a run is reproducible for a fixed worker count.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from nemo_rlvr.dispatch import call, resolve
+from nemo_rlvr.rollout.base import Prompt, Sample, SamplingParams
+
+
+def make_backend(backend: str, model_path: str, **kwargs: Any):
+    """Construct a generator backend by name (imports only the one asked for)."""
+    match backend:
+        case "hf":
+            from nemo_rlvr.rollout.hf import HFGenerator
+
+            return HFGenerator(model_path, dtype=kwargs.get("dtype", "float32"))
+        case "vllm":
+            from nemo_rlvr.rollout.vllm import VLLMGenerator
+
+            return VLLMGenerator(model_path, **kwargs)
+    raise ValueError(f"generation.backend={backend!r}: expected one of hf, vllm")
+
+
+class GeneratorWorker:
+    """What runs inside one generator actor: a backend plus weight-ref resolution."""
+
+    def __init__(self, backend: str, model_path: str, num_threads: int = 1, **kwargs: Any):
+        import torch
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.backend = make_backend(backend, model_path, **kwargs)
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[Sample]:
+        return self.backend.generate(prompts, sampling)
+
+    def load_weights(self, buckets: list[Any]) -> dict[str, float]:
+        return self.backend.load_weights(resolve(list(buckets)))  # ObjectRefs -> WeightBuckets
+
+    def sleep(self) -> None:
+        self.backend.sleep()
+
+    def wake(self) -> None:
+        self.backend.wake()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class GeneratorGroup:
+    """Fans generate/load_weights out to workers; implements the Generator protocol."""
+
+    def __init__(self, workers: list[Any]):
+        self.workers = workers
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[Sample]:
+        k = min(len(self.workers), len(prompts))
+        bounds = [len(prompts) * r // k for r in range(k + 1)]
+        futures = [call(w, "generate", list(prompts[bounds[r]:bounds[r + 1]]),
+                        replace(sampling, seed=sampling.seed * 1009 + r))
+                   for r, w in enumerate(self.workers[:k])]
+        out: list[Sample] = []
+        for r, fut in enumerate(futures):
+            out.extend(replace(s, group_id=s.group_id + bounds[r]) for s in resolve(fut))
+        return out
+
+    def load_weights(self, buckets: list[Any]) -> dict[str, float]:
+        """One control call per worker; every worker reads the same buckets."""
+        futures = [call(w, "load_weights", buckets) for w in self.workers]
+        results = [resolve(f) for f in futures]
+        return results[0] if results else {}
+
+    def sleep(self) -> None:
+        for fut in [call(w, "sleep") for w in self.workers]:
+            resolve(fut)
+
+    def wake(self) -> None:
+        for fut in [call(w, "wake") for w in self.workers]:
+            resolve(fut)

@@ -1,0 +1,138 @@
+"""transformers generation backend: CPU tests, the CPU demo, and reference numerics.
+
+Sampling runs through `model.generate` (left-padded batches, KV cache). Each token's
+log-prob is recomputed from the step's raw logits as `log_softmax(logits / T)` in
+fp32, the same definition the learner uses, so `train/logprob_mismatch` is ~0 in
+fp32. Greedy decoding (temperature 0) reports `log_softmax(logits)`. With top_p < 1
+the sampled distribution is truncated but the reported log-prob is not (as the
+learner cannot know the truncation): keep top_p = 1 for exact on-policy numerics.
+
+Conventions every backend follows (tests/integration/test_generator_contract.py):
+response_ids exclude the prompt and include the EOS token when it was generated
+(finish_reason "stop"); a matched stop string also ends with "stop" and keeps the
+tokens that produced it; "length" when max_new_tokens ran out. `text` is decoded
+with special tokens skipped. Samples are prompt-major, group_id = prompt index.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import torch
+
+from nemo_rlvr.rollout.base import Prompt, Sample, SamplingParams, WeightBucket
+
+log = logging.getLogger(__name__)
+
+
+class HFGenerator:
+    """A causal LM from a local Hugging Face folder, sampled with `model.generate`."""
+
+    def __init__(self, model_path: str, *, dtype: str = "float32", device: str | None = None,
+                 batch_size: int = 256):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        self.model.to(self.device).eval()
+        self.batch_size = batch_size
+        """Sequences per generate call; larger batches are split (bounds memory)."""
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self._params = dict(self.model.named_parameters())
+
+    # ------------------------------------------------------------------ generate
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[Sample]:
+        rows = [(i, p) for i, p in enumerate(prompts) for _ in range(sampling.n)]  # prompt-major
+        out: list[Sample] = []
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            # One seed per chunk, derived from the call's seed: same call -> same samples.
+            torch.manual_seed(sampling.seed * 1_000_003 + start)
+            out.extend(self._generate_chunk(chunk, sampling))
+        return out
+
+    def _generate_chunk(self, rows: list[tuple[int, Prompt]], sampling: SamplingParams) -> list[Sample]:
+        ids = [p.token_ids for _, p in rows]
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)      # [n, P]
+        attn = torch.zeros((len(ids), width), dtype=torch.long)                       # [n, P]
+        for r, x in enumerate(ids):  # left padding: every prompt ends at column P-1
+            input_ids[r, width - len(x):] = torch.tensor(x)
+            attn[r, width - len(x):] = 1
+        greedy = sampling.temperature == 0
+        gen_kwargs = dict(
+            do_sample=not greedy, max_new_tokens=sampling.max_new_tokens,
+            pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
+            output_logits=True, return_dict_in_generate=True,
+        )
+        if not greedy:
+            gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        if sampling.stop:
+            gen_kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
+        res = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attn.to(self.device),
+                                  **gen_kwargs)
+        new = res.sequences[:, width:].cpu()                                          # [n, S]
+        logits = torch.stack(res.logits, dim=1).float().cpu()                          # [n, S, V]
+        temp = sampling.temperature if not greedy else 1.0
+        logp = torch.log_softmax(logits / temp, dim=-1)                                # [n, S, V]
+        logp_tok = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)                      # [n, S]
+        samples = []
+        for r, (pi, prompt) in enumerate(rows):
+            resp, reason = self._cut(new[r].tolist(), sampling)
+            samples.append(Sample(
+                prompt_ids=list(prompt.token_ids), response_ids=resp,
+                logprobs=logp_tok[r, : len(resp)].tolist(),
+                text=self.tokenizer.decode(resp, skip_special_tokens=True),
+                finish_reason=reason, group_id=pi, env=prompt.env, fields=prompt.fields,
+                prompt_text=prompt.text, uid=prompt.uid,
+            ))
+        return samples
+
+    def _cut(self, toks: list[int], sampling: SamplingParams) -> tuple[list[int], str]:
+        """Response tokens up to and including EOS / the end of a stop string."""
+        for t, tok in enumerate(toks):
+            if tok in self.eos_ids:
+                return toks[: t + 1], "stop"
+            if sampling.stop:
+                text = self.tokenizer.decode(toks[: t + 1], skip_special_tokens=True)
+                if any(s in text for s in sampling.stop):
+                    return toks[: t + 1], "stop"
+        return toks, "length"
+
+    # ------------------------------------------------------------------ weights
+
+    @torch.no_grad()
+    def load_weights(self, buckets: Sequence[WeightBucket]) -> dict[str, float]:
+        t0, nbytes = time.perf_counter(), 0
+        for bucket in buckets:
+            for name, tensor in bucket.tensors():
+                param = self._params.get(name)
+                if param is None:
+                    raise KeyError(f"weight sync: generator has no parameter {name!r}")
+                param.data.copy_(tensor, non_blocking=True)
+                nbytes += tensor.numel() * tensor.element_size()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return {"weight_sync/bytes": float(nbytes), "weight_sync/apply_s": time.perf_counter() - t0}
+
+    def sleep(self) -> None:  # HF keeps its weights resident; nothing to free
+        pass
+
+    def wake(self) -> None:
+        pass
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos]
+    return [i for i in ids if i is not None]

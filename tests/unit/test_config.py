@@ -1,0 +1,92 @@
+"""Config loading: recipes, base files, overrides, and errors that name the key and the fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nemo_rlvr.config import DEFAULT_RECIPE, REPO_ROOT, ConfigError, RunConfig, commented_yaml, load_config
+
+
+def test_default_recipe_loads_and_derives_from_base():
+    cfg = load_config()
+    assert cfg.name == "tiny_cpu"                     # from the recipe
+    assert cfg.algorithm.clip_low == 0.2              # from configs/grpo.yaml
+    assert cfg.data.source == "arithmetic"
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(DEFAULT_RECIPE, ["learner.lr=1e-6", "algorithm.kl_coef=0.01", "generation.stop=[a, b]",
+                                       "cluster.address=null"])
+    assert cfg.learner.lr == 1e-6 and isinstance(cfg.learner.lr, float)
+    assert cfg.algorithm.kl_coef == 0.01
+    assert cfg.generation.stop == ("a", "b")
+    assert cfg.cluster.address is None
+
+
+def test_unknown_key_names_path_and_allowed_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config(DEFAULT_RECIPE, ["learner.lrr=1e-5"])
+    msg = str(e.value)
+    assert "learner.lrr" in msg and "lr" in msg and "micro_batch_size" in msg
+
+
+def test_wrong_type_and_bad_literal():
+    with pytest.raises(ConfigError, match=r"train\.steps='many'"):
+        load_config(DEFAULT_RECIPE, ["train.steps=many"])
+    with pytest.raises(ConfigError, match=r"algorithm\.kl_estimator='k9'.*'k1', 'k2' or 'k3'"):
+        load_config(DEFAULT_RECIPE, ["algorithm.kl_estimator=k9"])
+
+
+def test_missing_file_and_bad_override_form(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(DEFAULT_RECIPE, ["learner.lr"])
+
+
+def test_cross_field_check_names_fix():
+    with pytest.raises(ConfigError, match="minibatches_per_step=3"):
+        load_config(DEFAULT_RECIPE, ["learner.minibatches_per_step=3", "train.prompts_per_step=4",
+                                     "algorithm.group_size=4"])
+
+
+def test_base_is_one_level_deep(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("{}\n")
+    with pytest.raises(ConfigError, match="one level deep"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_configs_grpo_yaml_mirrors_the_defaults():
+    text = (REPO_ROOT / "configs" / "grpo.yaml").read_text()
+    assert RunConfig.model_validate(yaml.safe_load(text)) == RunConfig()
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("# Base") and
+                     not line.startswith("# `base:") and not line.startswith("# nemo_rlvr/config.py"))
+    assert commented_yaml().strip() in body, "regenerate: python -m nemo_rlvr.config"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "learner.lrr=1"], "unknown key 'learner.lrr'"),
+    (["train", "train.steps=x"], "train.steps='x'"),
+    (["train", "missing_recipe.yaml"], "does not exist"),
+])
+def test_cli_bad_config_exits_2_without_traceback(args, needle):
+    res = subprocess.run([sys.executable, "-m", "nemo_rlvr.cli", *args], capture_output=True, text=True,
+                         cwd=REPO_ROOT, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1        # one paragraph
+
+
+def test_cli_print_config():
+    res = subprocess.run([sys.executable, "-m", "nemo_rlvr.cli", "train", "--print-config", "learner.lr=0.5"],
+                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert yaml.safe_load(res.stdout)["learner"]["lr"] == 0.5
