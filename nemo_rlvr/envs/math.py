@@ -11,6 +11,9 @@ Field `answer` (the gold, a LaTeX or plain string, or a JSON number). What is re
 
 - Several top-level boxes score 1 only if every one of them equals the gold (so a
   repeated answer is fine, two different answers are not).
+- Hedges are looked for in the final answer only (hedging in the reasoning is fine),
+  plus "possibly/perhaps/maybe/probably" right after it ("\\boxed{3}, possibly 4").
+  A hedge marker that the gold itself contains is not a hedge.
 - Equality is exact: decimals are turned into exact rationals before comparison
   (0.33 is 33/100, never 1/3; 6.28 is never 2*pi), and math-verify's numeric fallback
   runs at 1000 digits, so no rounding tolerance remains.
@@ -53,6 +56,10 @@ _HEDGE_WORDS = re.compile(
     r"|roughly|about|around|nearly)(?![A-Za-z])",
     re.IGNORECASE,
 )
+_TAIL_HEDGE_WORDS = re.compile(
+    r"(?<![A-Za-z\\])(?:possibly|perhaps|maybe|probably)(?![A-Za-z])",
+    re.IGNORECASE,
+)
 _HEDGE_OR = re.compile(r"(?<![A-Za-z\\])or(?![A-Za-z])|\\lor(?![A-Za-z])|\\vee(?![A-Za-z])|∨", re.I)
 _HEDGE_APPROX = re.compile(r"\\(?:approx|thickapprox|simeq|sim|thicksim)(?![A-Za-z])|[≈≃∼]")
 _PLUS_MINUS = re.compile(r"\\(?:pm|mp)(?![A-Za-z])|[±∓]")
@@ -75,13 +82,19 @@ def find_boxes(text: str) -> tuple[list[str], bool]:
     Braces are matched by depth; an escaped brace (`\\{`, `\\}`) does not count. A box
     without a brace group (`\\boxed 4`, TeX's one-token argument) boxes its next token.
     """
+    boxes, closed, _ = _scan_boxes(text)
+    return boxes, closed
+
+
+def _scan_boxes(text: str) -> tuple[list[str], bool, int]:
+    """(box contents, all closed, index just past the last box)."""
     boxes: list[str] = []
     pos = 0
     while (m := _BOX_OPEN.search(text, pos)) is not None:
         if not m.group(0).endswith("{"):
             tok = _TOKEN.match(text, m.end())
             if tok is None:
-                return boxes, False  # "\\boxed" at the very end: unclosed
+                return boxes, False, len(text)  # "\\boxed" at the very end: unclosed
             boxes.append(tok.group(1))
             pos = tok.end()
             continue
@@ -99,10 +112,10 @@ def find_boxes(text: str) -> tuple[list[str], bool]:
                     break
             i += 1
         if depth != 0:
-            return boxes, False  # everything after an unclosed opener is inside it
+            return boxes, False, len(text)  # everything after an unclosed opener is inside it
         boxes.append(text[m.end() : i])
         pos = i + 1
-    return boxes, True
+    return boxes, True, pos
 
 
 def extract_answers(response: str) -> list[str]:
@@ -111,13 +124,19 @@ def extract_answers(response: str) -> list[str]:
     An unclosed box means no answer (no fallback to an answer line). Empty answers are
     dropped, so `\\boxed{}` alone is no answer.
     """
-    boxes, closed = find_boxes(response)
+    return _extract(response)[0]
+
+
+def _extract(response: str) -> tuple[list[str], str]:
+    """(final answers, the text after them); see `extract_answers`."""
+    boxes, closed, end = _scan_boxes(response)
     if not closed:
-        return []
+        return [], ""
     if boxes:
-        return [b for b in boxes if b.strip()]
-    for line in reversed(response.splitlines()):
-        m = _ANSWER_LINE.match(line)
+        return [b for b in boxes if b.strip()], response[end:]
+    lines = response.splitlines()
+    for k in range(len(lines) - 1, -1, -1):
+        m = _ANSWER_LINE.match(lines[k])
         if m:
             rest = m.group("rest")
             # "Final Answer: The final answer is 7. I hope it is correct." (Minerva style)
@@ -126,8 +145,8 @@ def extract_answers(response: str) -> list[str]:
                 rest = inner.group("rest")
             rest = re.sub(r"\s*I hope it is correct\.?\s*$", "", rest, flags=re.IGNORECASE)
             rest = rest.strip().strip("*_").strip()
-            return [rest] if _strip_math_delimiters(rest) else []
-    return []
+            return ([rest] if _strip_math_delimiters(rest) else []), "\n".join(lines[k + 1 :])
+    return [], ""
 
 
 def _strip_math_delimiters(s: str) -> str:
@@ -162,6 +181,19 @@ def hedge_reason(answer: str, gold: str, gold_is_set_like: bool) -> str | None:
         return "approximate answer (\\approx)"
     if _PLUS_MINUS.search(answer) and not _PLUS_MINUS.search(gold):
         return "\\pm in the answer but not in the gold"
+    return None
+
+
+def tail_hedge_reason(tail: str, gold: str) -> str | None:
+    """A hedge in the text after the final answer ("\\boxed{3}, possibly 4"), or None.
+
+    Only words that offer another answer count here: ordinary closing prose uses "or",
+    and "\\boxed{2\\pi} \\approx 6.28" adds a decimal to an exact answer, not a hedge.
+    """
+    for m in _TAIL_HEDGE_WORDS.finditer(tail):
+        word = m.group(0).lower()
+        if not re.search(rf"(?<![A-Za-z\\]){word}(?![A-Za-z])", gold, re.IGNORECASE):
+            return f"hedge word {word!r} after the answer"
     return None
 
 
@@ -305,7 +337,7 @@ class MathEnv:
         if not gold_parsed:
             return Score(0.0, zero, f"env field 'answer'={gold!r:.80} could not be parsed; write it "
                          f"as LaTeX or a plain number")
-        answers = extract_answers(response)
+        answers, tail = _extract(response)
         if not answers:
             return Score(0.0, zero)
         has = {"has_answer": 1.0, "correct": 0.0}
@@ -313,6 +345,8 @@ class MathEnv:
         if len(distinct) > MAX_DISTINCT_BOXES or any(len(a) > MAX_ANSWER_CHARS for a in distinct):
             return Score(0.0, has)
         gold_kind = answer_kind(gold_parsed)
+        if tail_hedge_reason(tail, gold) is not None:
+            return Score(0.0, has)  # "\\boxed{3} (possibly 4)": a hedge after the answer
         for answer in distinct:
             if hedge_reason(answer, gold, gold_kind != "scalar") is not None:
                 return Score(0.0, has)
