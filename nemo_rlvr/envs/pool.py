@@ -27,6 +27,7 @@ import math
 import multiprocessing as mp
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -35,7 +36,7 @@ import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from nemo_rlvr.config import EnvConfig
@@ -170,25 +171,43 @@ def _die_with_parent() -> None:
         pass  # not Linux: the parent's close() and EOF on the pipe still end the worker
 
 
-def _kill_tree(proc: mp.process.BaseProcess) -> None:
-    """SIGKILL a worker, its process group, and descendants that made their own group."""
+def _kill_tree(w: _Worker) -> None:
+    """SIGKILL a worker, its process group, and descendants that made their own session.
+
+    A live worker is not reaped yet, so its pid and group id are still its own. A dead one
+    was reaped by the forkserver and its pid may already belong to someone else: then only
+    processes of its group that started during its lifetime are killed (what it left behind).
+    """
+    proc, pid = w.proc, w.proc.pid
     try:
         import psutil
-
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except Exception:  # psutil missing or the worker is already gone
-        descendants = []
-    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill, *[d.kill for d in descendants]):
+    except ImportError:
+        psutil = None
+    if proc.exitcode is None:
         try:
-            kill()
-        except Exception:  # already exited
-            pass
+            descendants = psutil.Process(pid).children(recursive=True) if psutil else []
+        except Exception:  # it exited meanwhile
+            descendants = []
+        for kill in (lambda: os.killpg(pid, signal.SIGKILL), proc.kill, *[d.kill for d in descendants]):
+            try:
+                kill()
+            except Exception:  # already exited
+                pass
+    elif psutil is not None:
+        now = time.time()
+        for p in psutil.process_iter(["create_time"]):
+            try:
+                if (p.pid != pid and os.getpgid(p.pid) == pid  # pid == pid: a newcomer reusing it
+                        and w.spawned_wall - 1 <= p.info["create_time"] <= now):
+                    p.kill()
+            except Exception:  # gone meanwhile, or not ours to see
+                pass
     proc.join(timeout=5)
 
 
 def _kill_all(workers: list[_Worker]) -> None:
     for w in workers:
-        _kill_tree(w.proc)
+        _kill_tree(w)
 
 
 _LIVE_POOLS: weakref.WeakSet[VerifierPool] = weakref.WeakSet()
@@ -208,6 +227,8 @@ class _Worker:
     proc: mp.process.BaseProcess
     conn: Connection
     spawned_at: float
+    spawned_wall: float
+    """time.time() at spawn: its leftovers are processes of its group created after this."""
     ready: bool = False
     inflight: deque[int] = field(default_factory=deque)
     """Sample indices sent, in order; the head is the one being scored."""
@@ -215,6 +236,8 @@ class _Worker:
     """Sizes of the chunks in flight; all but the first still sit unread in the pipe."""
     head_since: float = 0.0
     """When the head sample started (monotonic s)."""
+    readable: Any = None
+    """select.poll() on `conn` alone: "is another result waiting?" in one syscall."""
 
 
 @dataclass
@@ -240,6 +263,8 @@ class VerifierPool:
         self._ctx.set_forkserver_preload([__name__])  # workers start with envs + this module imported
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
+        self._poll = select.poll()  # every worker's pipe and exit sentinel
+        self._fds: dict[int, _Worker] = {}
         self._closed = False
         self._startup_failures = 0
         self._item_s = 0.005  # running estimate of seconds per sample, sizes chunks
@@ -286,6 +311,7 @@ class VerifierPool:
                 w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
             self._finalizer()  # SIGKILL anything left, e.g. sandboxes in the workers' groups
             for w in self._workers:
+                self._unwatch(w)
                 w.conn.close()
             self._workers.clear()
 
@@ -318,10 +344,14 @@ class VerifierPool:
         now = time.monotonic()
         busy = [w for w in self._workers if w.inflight]
         timeout = max(0.0, min(self._deadline(w) for w in busy) - now) if busy else 0.05
-        ready = set(wait([w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers], timeout))
-        for w in list(self._workers):
-            if w in self._workers and (w.conn in ready or w.proc.sentinel in ready):
-                self._receive(w, b)
+        events = self._poll.poll(math.ceil(timeout * 1000))  # ms; a persistent poll set: cheap wake-ups
+        ready: dict[_Worker, bool] = {}  # worker -> its sentinel fired (it exited)
+        for fd, _ in events:
+            w = self._fds[fd]
+            ready[w] = ready.get(w, False) or fd == w.proc.sentinel
+        for w, exited in ready.items():
+            if w in self._workers:
+                self._receive(w, b, exited)
         now = time.monotonic()
         for w in list(self._workers):
             if w in self._workers and w.inflight and now >= self._deadline(w):
@@ -377,15 +407,14 @@ class VerifierPool:
         b.todo.extendleft(reversed(good))
         return None
 
-    def _receive(self, w: _Worker, b: _Batch) -> None:
+    def _receive(self, w: _Worker, b: _Batch, exited: bool) -> None:
         """Take every result `w` has sent; if it died, blame its head sample and replace it."""
-        dead = False
         try:
-            while w.conn.poll():
+            while w.readable.poll(0):
                 self._on_message(w, b, w.conn.recv())
         except (EOFError, OSError):
-            dead = True
-        if dead or not w.proc.is_alive():
+            exited = True
+        if exited:
             self._on_death(w, b)
 
     def _on_message(self, w: _Worker, b: _Batch, msg: Any) -> None:
@@ -444,7 +473,8 @@ class VerifierPool:
 
     def _replace(self, w: _Worker, b: _Batch, *, requeue: list[int]) -> None:
         """Kill `w` (if it died on its own: what it left in its group), resend `requeue`, respawn."""
-        _kill_tree(w.proc)
+        self._unwatch(w)
+        _kill_tree(w)
         w.conn.close()
         b.todo.extendleft(reversed(requeue))
         self._workers[self._workers.index(w)] = self._spawn()
@@ -469,12 +499,25 @@ class VerifierPool:
                                  name="verifier-worker", daemon=False)
         proc.start()
         child.close()
-        return _Worker(proc, parent, spawned_at=time.monotonic())
+        w = _Worker(proc, parent, spawned_at=time.monotonic(), spawned_wall=time.time(), readable=select.poll())
+        w.readable.register(parent.fileno(), select.POLLIN)
+        for fd in (parent.fileno(), proc.sentinel):
+            self._poll.register(fd, select.POLLIN)
+            self._fds[fd] = w
+        return w
+
+    def _unwatch(self, w: _Worker) -> None:
+        """Forget `w`'s fds (before closing them: the numbers get reused)."""
+        for fd in (w.conn.fileno(), w.proc.sentinel):
+            if self._fds.get(fd) is w:
+                self._poll.unregister(fd)
+                del self._fds[fd]
 
     def _reset(self) -> None:
         """Kill every worker and start fresh ones (after an internal error or startup failures)."""
         _kill_all(self._workers)
         for w in self._workers:
+            self._unwatch(w)
             w.conn.close()
         self._workers[:] = [self._spawn() for _ in range(self.cfg.num_workers)]
         self._startup_failures = 0

@@ -97,3 +97,19 @@ class SpawnSleeperEnv(_Base):
             f.write(str(p.pid))
         time.sleep(60)
         return Score(1.0)
+
+
+@register_env("test_crash_leaving_child")
+class CrashLeavingChildEnv(_Base):
+    """Starts `sleep 60` in its own process group (appending its pid to `pid_file`), then
+    dies: checks that a crashed worker's leftovers are killed too."""
+
+    name = "test_crash_leaving_child"
+
+    def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
+        import subprocess
+
+        p = subprocess.Popen(["sleep", "60"])
+        with open(fields["pid_file"], "a") as f:
+            f.write(f"{p.pid}\n")
+        os._exit(3)

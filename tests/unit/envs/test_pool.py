@@ -90,6 +90,18 @@ def test_crash_is_retried_then_scored_zero_and_pool_recovers(pool):
     assert [s.reward for s in pool.score([sample(str(i)) for i in range(20)])] == [float(i) for i in range(20)]
 
 
+def test_crash_kills_what_the_worker_left_in_its_group(pool, tmp_path):
+    pid_file = tmp_path / "children"
+    out = pool.score([sample("x", env="test_crash_leaving_child", pid_file=str(pid_file))])
+    assert out[0].error.startswith("verifier crashed")
+    children = [int(x) for x in pid_file.read_text().split()]
+    assert len(children) == 2  # first try + one retry
+    deadline = time.monotonic() + 2
+    while not all(gone(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all(gone(c) for c in children)
+
+
 def test_crash_once_succeeds_on_retry(pool, tmp_path):
     pool.metrics()
     out = pool.score([sample("x", env="test_crash", crash_once=str(tmp_path / "crashed"))])
