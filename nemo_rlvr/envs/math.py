@@ -42,6 +42,9 @@ MAX_ANSWER_CHARS = 2000
 and parsing pathological LaTeX is what makes a verifier slow."""
 MAX_DISTINCT_BOXES = 16
 """More distinct top-level boxes than this score 0 without comparing each one."""
+MAX_DIGITS = 10_000
+"""A prediction holding a number with more digits than this (`10^{10^{10}}`, `1000000!`) is
+not compared (scores 0) unless the gold holds one too: evaluating it would hang the worker."""
 NUMERIC_PRECISION = 1000
 """Digits for math-verify's evalf fallback on non-numeric expressions (exact in practice)."""
 
@@ -282,6 +285,39 @@ def answer_kind(parsed: Sequence[Any]) -> str:
     return "scalar"  # text answers
 
 
+def _log10_size(e: Any) -> float | None:
+    """Estimated decimal digits of a plain numeric subexpression (None if not one)."""
+    import sympy
+
+    if isinstance(e, sympy.Rational):
+        return max(int(e.p).bit_length(), int(e.q).bit_length()) * 0.30103
+    if isinstance(e, sympy.Float):
+        return 20.0
+    if isinstance(e, sympy.Pow) or isinstance(e, sympy.factorial):
+        args = [_log10_size(a) for a in e.args]
+        if any(a is None for a in args):
+            return None
+        if args[-1] > 15:
+            return float("inf")
+        n = 10.0 ** args[-1]  # |exponent| or |factorial argument|, roughly
+        return n * args[0] if isinstance(e, sympy.Pow) else n * max(1.0, args[0])
+    return None
+
+
+def is_huge(expr: Any) -> bool:
+    """Whether `expr` contains a number too large to evaluate (see MAX_DIGITS)."""
+    import sympy
+
+    if not isinstance(expr, sympy.Basic):
+        return False
+    for node in sympy.preorder_traversal(expr):
+        if isinstance(node, (sympy.Pow, sympy.factorial)):
+            size = _log10_size(node)
+            if size is not None and size > MAX_DIGITS:
+                return True
+    return False
+
+
 def is_equivalent(gold: list[Any], pred: list[Any]) -> bool:
     """Exact equality of any gold reading with any prediction reading (math-verify)."""
     from math_verify import verify
@@ -355,6 +391,8 @@ class MathEnv:
                 return Score(0.0, has)
             if gold_kind == "scalar" and answer_kind(pred) != "scalar":
                 return Score(0.0, has)  # a list, set or range for a single-valued answer
+            if any(map(is_huge, pred)) and not any(map(is_huge, gold_parsed)):
+                return Score(0.0, has)
             if not is_equivalent(gold_parsed, pred):
                 return Score(0.0, has)
         return Score(1.0, {"has_answer": 1.0, "correct": 1.0})
