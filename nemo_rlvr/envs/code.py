@@ -18,7 +18,7 @@ modules, so monkeypatching from the solution does not reach the test. In test co
 from __future__ import annotations
 
 import ast
-import json
+import marshal
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -35,8 +35,8 @@ _STRICT_OPS = (ast.Eq, ast.NotEq, ast.In, ast.NotIn)
 
 # Runs inside the sandbox as main.py (standard library only: python -I -S).
 _HARNESS = r'''
-import builtins, json, operator, os, sys
-import collections, functools, heapq, itertools, math, re, string  # restored before the test
+import builtins, marshal, operator, os, sys
+import collections, functools, itertools, math  # so their patched names are restored too
 
 def _make_compare(type=type, len=len, zip=zip, all=all, any=any, iter=iter, ops=operator):
     scalars = frozenset({type(None), bool, int, float, complex, str, bytes})
@@ -94,18 +94,19 @@ def _restore(snap):
         sys.modules[name] = module
         module.__dict__.update(saved)  # added names stay: they shadow nothing
 
-def _main(write=os.write, exit_=os._exit, exec_=exec, compile_=compile, dumps=json.dumps):
-    with open("job.json", encoding="utf-8") as f:
-        job = json.load(f)
-    os.unlink("job.json")
-    passed_line = dumps({"nonce": job.pop("nonce"), "passed": True}).encode()
+def _main(write=os.write, exit_=os._exit, exec_=exec, compile_=compile):
+    with open("job.bin", "rb") as f:
+        job = marshal.loads(f.read())
+    os.unlink("job.bin")  # the nonce now exists only in this frame
+    passed_line = ('{"nonce": "%s", "passed": true}' % job.pop("nonce")).encode()
 
     def fail(stage, e):
         try:
-            msg = "%s: %s" % (type(e).__name__, str(e)[:300])
+            msg = "%s: %s" % (type(e).__name__, str(e)[:200])
+            msg = "".join(c if c.isalnum() or c in " _:.,()<>=+-" else "?" for c in msg)
         except BaseException:
             msg = "unprintable exception"
-        write(3, dumps({"passed": False, "stage": stage, "error": msg}).encode())
+        write(3, ('{"passed": false, "stage": "%s", "error": "%s"}' % (stage, msg)).encode())
         exit_(1)
 
     test_code = compile_(job["test"], "test.py", "exec")
@@ -238,7 +239,7 @@ class CodeEnv:
         nonce = secrets.token_hex(16)
         job = {"nonce": nonce, "solution": solution, "test": test, "entry_point": entry,
                "call_check": call_check and entry is not None}
-        out = run_sandboxed(_HARNESS, files={"job.json": json.dumps(job)}, **self.limits)
+        out = run_sandboxed(_HARNESS, files={"job.bin": marshal.dumps(job)}, **self.limits)
         r = out.result
         return bool(r) and r.get("nonce") == nonce and r.get("passed") is True
 

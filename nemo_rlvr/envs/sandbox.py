@@ -48,16 +48,22 @@ SandboxMode = Literal["namespaces", "userns", "rlimits"]
 SandboxStatus = Literal["ok", "error", "timeout", "oom", "killed"]
 _UID_BASE = 0x70000000  # per-run uids are drawn from [_UID_BASE, _UID_BASE + 2**24)
 _RESULT_MAX = 1 << 20
+_GRACE_S = 0.2  # after the program's exit is reported, how long its last output may take
 _HIDDEN_DIRS = ("/root", "/home")
 
 # The launcher runs in a fresh `python -I -S` (no site-packages, no environment), so it
-# may import only the standard library. argv[1] is its JSON config (see `_launch_config`).
+# may import only the standard library; it avoids json/re to start fast. argv[1] is its
+# config, a dict literal (see `_launch_config`).
 _LAUNCHER = r'''
-import ctypes, json, os, select, sys
-C = json.loads(sys.argv[1])
+import ctypes, os, sys
+C = eval(sys.argv[1], {"__builtins__": {}})  # a dict literal written by the verifier
 LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+if LIBC is not None:
+    LIBC.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = SIGKILL: die with the verifier thread
+    if os.getppid() != C["parent"]:
+        os._exit(1)  # the verifier is already gone
 NS = {"mnt": 0x20000, "uts": 0x4000000, "ipc": 0x8000000, "pid": 0x20000000, "net": 0x40000000}
 
 def check(ret, what):
@@ -122,6 +128,17 @@ def user_tasks(uid):
             pass
     return n
 
+def drop_capabilities():
+    # Still uid 0 (a user namespace): empty the bounding set so exec grants no capability
+    # (no remounting / rw, no raising limits), then drop the ones held now.
+    if os.getuid() != 0:
+        return  # setresuid away from 0 already cleared every capability
+    for cap in range(64):
+        LIBC.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP (EINVAL past the last one)
+    LIBC.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+    header, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
+    check(LIBC.capset(header, data), "capset")
+
 def exec_program(workdir, new_session):
     import resource
     if new_session:
@@ -139,7 +156,10 @@ def exec_program(workdir, new_session):
         except (ValueError, OSError, AttributeError):
             pass  # macOS: no RLIMIT_AS
     if LIBC is not None:
+        drop_capabilities()
         LIBC.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: setuid binaries gain nothing
+        if C["mode"] == "rlimits":
+            LIBC.prctl(1, 9, 0, 0, 0)  # no PID namespace: at least die with the launcher
     if C["res_fd"] != 3:
         os.dup2(C["res_fd"], 3)
     os.set_inheritable(3, True)
@@ -193,8 +213,12 @@ def run_namespaced():
     if pid == 0:
         os.close(life_w)
         LIBC.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = SIGKILL: dies with the launcher
-        if select.select([life_r], [], [], 0)[0]:
-            os._exit(1)  # the launcher died before prctl took effect
+        os.set_blocking(life_r, False)
+        try:
+            if os.read(life_r, 1) == b"":
+                os._exit(1)  # the launcher died before prctl took effect
+        except BlockingIOError:
+            pass
         init_main(uid, gid)
     os.close(C["status_fd"])
     os.close(C["res_fd"])
@@ -253,17 +277,23 @@ _CAPS_LOCK = threading.Lock()
 
 def _caps_for(mode: SandboxMode, uid_drop: bool) -> SandboxCapabilities:
     ns = mode != "rlimits"
-    linux = sys.platform.startswith("linux")
-    root = hasattr(os, "geteuid") and os.geteuid() == 0
-    cap = "exact" if (uid_drop or mode == "userns") else ("shared" if linux and not root else "none")
+    root = _is_root()
+    # RLIMIT_NPROC never binds uid 0, nor the root of a user namespace mapped onto uid 0
+    if uid_drop or (mode == "userns" and not root):
+        cap = "exact"
+    else:
+        cap = "shared" if sys.platform.startswith("linux") and not root else "none"
     warning = None
-    if mode != "namespaces" or not uid_drop:
-        warning = f"sandbox mode {mode!r}, uid drop {uid_drop}: " + (
-            "programs run as the verifier's user and may read that user's files" if ns else
-            "NO network, PID or filesystem isolation; model-written code can use the network and "
-            "write wherever this user can. Run as root or enable user namespaces "
-            "(sysctl kernel.unprivileged_userns_clone=1)."
-        )
+    if mode == "userns":
+        warning = ("sandbox mode 'userns': programs run as the verifier's user (root without "
+                   "capabilities inside a user namespace) and can read what that user can read")
+    elif mode == "rlimits":
+        warning = ("sandbox mode 'rlimits': NO network, PID or filesystem isolation; model-written code "
+                   "can use the network, see other processes and write wherever "
+                   + ("its fresh uid can (world-writable dirs)" if uid_drop else
+                      "this user can, and signal this user's processes")
+                   + ". Run as root on Linux, or enable user namespaces "
+                   "(sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces).")
     return SandboxCapabilities(mode, ns, ns, ns, uid_drop, cap, warning)
 
 
@@ -297,17 +327,23 @@ def _detect(mode: SandboxMode) -> tuple[SandboxCapabilities | None, str | None]:
     """The capabilities of `mode` here (uid drop when root and it works), or None and why not."""
     if mode != "rlimits" and not sys.platform.startswith("linux"):
         return None, "namespaces need Linux"
-    root = hasattr(os, "geteuid") and os.geteuid() == 0
-    why = None
-    for uid_drop in (True, False) if root and mode != "userns" else (False,):
-        caps = _caps_for(mode, uid_drop)
-        why = _probe(caps)
-        if why is None:
-            return caps, None
-    return None, why
+    root = _is_root()
+    if root and mode == "namespaces" or mode == "rlimits":
+        # Never run model code as real root: as root these modes always drop to a fresh uid.
+        caps = _caps_for(mode, root)
+    elif mode == "userns":
+        caps = _caps_for(mode, False)  # as root only when forced (tests): no process cap
+    else:
+        return None, "needs root (CAP_SYS_ADMIN); use 'userns'"
+    why = _probe(caps)
+    return (caps, None) if why is None else (None, why)
 
 
 _BY_MODE: dict[str, SandboxCapabilities | None] = {}
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def capabilities(mode: SandboxMode | None = None) -> SandboxCapabilities:
@@ -317,7 +353,8 @@ def capabilities(mode: SandboxMode | None = None) -> SandboxCapabilities:
     """
     with _CAPS_LOCK:
         tried: list[str] = []
-        for m in ((mode,) if mode else ("namespaces", "userns", "rlimits")):
+        auto = ("namespaces", "rlimits") if _is_root() else ("userns", "rlimits")
+        for m in ((mode,) if mode else auto):
             if m not in _BY_MODE:
                 _BY_MODE[m], why = _detect(m)
                 if _BY_MODE[m] is None:
@@ -326,7 +363,10 @@ def capabilities(mode: SandboxMode | None = None) -> SandboxCapabilities:
                     log.warning("%s%s", _BY_MODE[m].warning, f" (tried: {'; '.join(tried)})" if tried else "")
             if _BY_MODE[m] is not None:
                 return _BY_MODE[m]
-        raise SandboxError(f"no sandbox mode works here: {'; '.join(tried) or mode}")
+        raise SandboxError(
+            f"no sandbox mode works here ({'; '.join(tried) or mode}). Model-written code is never "
+            "run as root without isolation: allow namespaces (unshare) for root, or make the Python "
+            "interpreter readable by other users so the fallback can drop to a fresh uid.")
 
 
 def run_sandboxed(
@@ -336,7 +376,7 @@ def run_sandboxed(
     memory_mb: int,
     max_procs: int,
     max_output_bytes: int,
-    files: dict[str, str] | None = None,
+    files: dict[str, str | bytes] | None = None,
     mode: SandboxMode | None = None,
 ) -> SandboxResult:
     """Run `source` as a Python program in a fresh sandbox; never leaves files or processes.
@@ -359,7 +399,7 @@ def _launch_config(caps: SandboxCapabilities, scratch: str, memory_mb: int, max_
     hide = [d for d in _HIDDEN_DIRS if os.path.isdir(d)]
     cpu_s = int(timeout_s) + 1
     return {
-        "mode": caps.mode, "exe": exe, "scratch": scratch, "uid": uid, "gid": uid,
+        "mode": caps.mode, "exe": exe, "parent": os.getpid(), "scratch": scratch, "uid": uid, "gid": uid,
         "res_fd": res_fd, "status_fd": status_fd, "tmp_mb": max(16, memory_mb // 4),
         "hide": hide, "reexpose": sorted(p for p in roots if any(p.startswith(d + "/") for d in hide)),
         "nproc": max_procs + (1 if caps.mode == "userns" else 0),  # userns: init counts too
@@ -370,12 +410,12 @@ def _launch_config(caps: SandboxCapabilities, scratch: str, memory_mb: int, max_
     }
 
 
-def _prepare_scratch(source: str, files: dict[str, str] | None, uid: int | None, mode: str) -> str:
+def _prepare_scratch(source: str, files: dict[str, str | bytes] | None, uid: int | None, mode: str) -> str:
     scratch = tempfile.mkdtemp(prefix="nemo_rlvr_sbx_")
     for name, text in {"main.py": source, **(files or {})}.items():
         path = os.path.join(scratch, name)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(path, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
         if mode == "rlimits" and uid is not None:
             os.chown(path, uid, uid)
     if mode == "rlimits" and uid is not None:
@@ -384,7 +424,7 @@ def _prepare_scratch(source: str, files: dict[str, str] | None, uid: int | None,
 
 
 def _run(source: str, caps: SandboxCapabilities, *, timeout_s: float, memory_mb: int, max_procs: int,
-         max_output_bytes: int, files: dict[str, str] | None) -> SandboxResult:
+         max_output_bytes: int, files: dict[str, str | bytes] | None) -> SandboxResult:
     t0 = time.monotonic()
     res_r, res_w = os.pipe()
     st_r, st_w = os.pipe()
@@ -393,7 +433,7 @@ def _run(source: str, caps: SandboxCapabilities, *, timeout_s: float, memory_mb:
     proc = None
     try:
         proc = subprocess.Popen(
-            [cfg["exe"], "-I", "-S", "-B", "-c", _LAUNCHER, json.dumps(cfg)],
+            [cfg["exe"], "-I", "-S", "-B", "-c", _LAUNCHER, repr(cfg)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             pass_fds=(res_w, st_w), env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
             cwd=scratch, start_new_session=True,
@@ -403,7 +443,7 @@ def _run(source: str, caps: SandboxCapabilities, *, timeout_s: float, memory_mb:
         res_w = st_w = -1
         out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
         limits = {out_fd: max_output_bytes, err_fd: max_output_bytes, res_r: _RESULT_MAX, st_r: 4096}
-        bufs, cut, timed_out = _collect(proc, limits, deadline=t0 + timeout_s)
+        bufs, cut, timed_out = _collect(limits, st_r, deadline=t0 + timeout_s)
     finally:
         for fd in (res_w, st_w, res_r, st_r):
             if fd >= 0:
@@ -416,11 +456,15 @@ def _run(source: str, caps: SandboxCapabilities, *, timeout_s: float, memory_mb:
                    time.monotonic() - t0, timed_out, cut)
 
 
-def _collect(proc: subprocess.Popen, limits: dict[int, int], deadline: float
+def _collect(limits: dict[int, int], done_fd: int, deadline: float
              ) -> tuple[dict[int, bytes], bool, bool]:
-    """Read every pipe until all close or the deadline; keep at most limits[fd] bytes of each."""
+    """Read the pipes until they close or the deadline; keep at most limits[fd] bytes of each.
+
+    `done_fd` closes once the program's exit is reported; output still in flight then gets
+    a short grace (leftover children holding a pipe open are killed with the group after).
+    """
     bufs = {fd: bytearray() for fd in limits}
-    cut = False
+    cut = timed_out = done = False
     sel = selectors.DefaultSelector()
     for fd in limits:
         sel.register(fd, selectors.EVENT_READ)
@@ -428,22 +472,22 @@ def _collect(proc: subprocess.Popen, limits: dict[int, int], deadline: float
         while sel.get_map():
             left = deadline - time.monotonic()
             if left <= 0:
-                return {k: bytes(v) for k, v in bufs.items()}, cut, True
+                timed_out = True
+                break
             for key, _ in sel.select(timeout=min(left, 0.5)):
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
                     sel.unregister(key.fd)
+                    if key.fd == done_fd:
+                        done = True
+                        deadline = min(deadline, time.monotonic() + _GRACE_S)
                     continue
                 room = limits[key.fd] - len(bufs[key.fd])
                 cut |= len(chunk) > room  # keep draining, so a chatty program is not blocked
                 bufs[key.fd] += chunk[: max(room, 0)]
     finally:
         sel.close()
-    try:
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        return {k: bytes(v) for k, v in bufs.items()}, cut, True
-    return {k: bytes(v) for k, v in bufs.items()}, cut, False
+    return {k: bytes(v) for k, v in bufs.items()}, cut, timed_out and not done
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
