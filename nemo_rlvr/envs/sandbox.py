@@ -49,7 +49,6 @@ SandboxStatus = Literal["ok", "error", "timeout", "oom", "killed"]
 _UID_BASE = 0x70000000  # per-run uids are drawn from [_UID_BASE, _UID_BASE + 2**24)
 _RESULT_MAX = 1 << 20
 _GRACE_S = 0.2  # after the program's exit is reported, how long its last output may take
-_HIDDEN_DIRS = ("/root", "/home")
 
 # The launcher runs in a fresh `python -I -S` (no site-packages, no environment), so it
 # may import only the standard library; it avoids json/re to start fast. argv[1] is its
@@ -64,7 +63,7 @@ if LIBC is not None:
     LIBC.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = SIGKILL: die with the verifier thread
     if os.getppid() != C["parent"]:
         os._exit(1)  # the verifier is already gone
-NS = {"mnt": 0x20000, "uts": 0x4000000, "ipc": 0x8000000, "pid": 0x20000000, "net": 0x40000000}
+NS_FLAGS = 0x20000 | 0x4000000 | 0x8000000 | 0x20000000 | 0x40000000  # CLONE_NEW{NS,UTS,IPC,PID,NET}
 
 def check(ret, what):
     if ret != 0:
@@ -95,18 +94,14 @@ def setup_fs(uid, gid):
     keep = [(p, os.open(p, os.O_PATH)) for p in C["reexpose"]]
     make_readonly()
     tmp = "size=%dm,mode=700,uid=%d,gid=%d" % (C["tmp_mb"], uid, gid)
-    for d in ("/tmp", "/var/tmp", "/dev/shm", "/run"):
+    for d in ["/tmp", "/var/tmp", "/dev/shm", "/run"] + C["hide"]:
         if os.path.isdir(d):
             mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, tmp if d == "/tmp" else "size=1m,mode=755")
-    for d in C["hide"]:
-        if os.path.isdir(d):
-            mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
     for path, fd in keep:  # the interpreter, when it lives under a hidden dir
         os.makedirs(path, exist_ok=True)
         mount("/proc/self/fd/%d" % fd, path, None, MS_BIND | MS_REC)
-    for d in C["hide"]:
-        if os.path.isdir(d):
-            mount(None, d, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    for d in filter(os.path.isdir, C["hide"]):
+        mount(None, d, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     try:
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError:  # a user namespace may not mount proc: show none at all
@@ -118,19 +113,17 @@ def setup_fs(uid, gid):
         os.chown("/tmp/" + name, uid, gid)
         os.chmod("/tmp/" + name, 0o600)
 
-def user_tasks(uid):
+def user_tasks(uid):  # threads count against RLIMIT_NPROC too
     n = 0
-    for pid in os.listdir("/proc"):
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if pid.isdigit() and os.stat("/proc/" + pid).st_uid == uid:
-                n += len(os.listdir("/proc/%s/task" % pid))
+            n += len(os.listdir("/proc/%s/task" % pid)) if os.stat("/proc/" + pid).st_uid == uid else 0
         except OSError:
             pass
     return n
 
 def drop_capabilities():
-    # Still uid 0 (a user namespace): empty the bounding set so exec grants no capability
-    # (no remounting / rw, no raising limits), then drop the ones held now.
+    # Still uid 0 (user namespace): empty the bounding set so exec grants none (no remount rw).
     if os.getuid() != 0:
         return  # setresuid away from 0 already cleared every capability
     for cap in range(64):
@@ -178,8 +171,7 @@ def spawn_program(workdir, new_session):
         os._exit(127)
     return pid
 
-def report(msg):
-    os.write(C["status_fd"], msg.encode())
+report = lambda msg: os.write(C["status_fd"], msg.encode())  # to the verifier: "exit <status>"
 
 def init_main(uid, gid):
     try:
@@ -196,16 +188,13 @@ def init_main(uid, gid):
             os._exit(0)
 
 def run_namespaced():
-    flags = NS["mnt"] | NS["uts"] | NS["ipc"] | NS["pid"] | NS["net"]
-    uid, gid = os.getuid(), os.getgid()
-    if C["mode"] == "userns":
-        check(LIBC.unshare(flags | 0x10000000), "unshare")
+    uid, gid, userns = os.getuid(), os.getgid(), C["mode"] == "userns"
+    check(LIBC.unshare(NS_FLAGS | (0x10000000 if userns else 0)), "unshare")  # + CLONE_NEWUSER
+    if userns:
         for name, text in (("setgroups", "deny"), ("uid_map", "0 %d 1" % uid), ("gid_map", "0 %d 1" % gid)):
             with open("/proc/self/" + name, "w") as f:
                 f.write(text)
         uid = gid = 0
-    else:
-        check(LIBC.unshare(flags), "unshare")
     if C["uid"] is not None:
         uid, gid = C["uid"], C["gid"]
     life_r, life_w = os.pipe()
@@ -279,11 +268,9 @@ def _caps_for(mode: SandboxMode, uid_drop: bool) -> SandboxCapabilities:
     ns = mode != "rlimits"
     root = _is_root()
     # RLIMIT_NPROC never binds uid 0, nor the root of a user namespace mapped onto uid 0
-    if uid_drop or (mode == "userns" and not root):
-        cap = "exact"
-    else:
-        cap = "shared" if sys.platform.startswith("linux") and not root else "none"
-    warning = None
+    linux = sys.platform.startswith("linux")
+    cap = "exact" if uid_drop or (mode == "userns" and not root) else "shared" if linux and not root else "none"
+    warning = None  # namespaces + uid drop: the full set
     if mode == "userns":
         warning = ("sandbox mode 'userns': programs run as the verifier's user (root without "
                    "capabilities inside a user namespace) and can read what that user can read")
@@ -297,15 +284,12 @@ def _caps_for(mode: SandboxMode, uid_drop: bool) -> SandboxCapabilities:
     return SandboxCapabilities(mode, ns, ns, ns, uid_drop, cap, warning)
 
 
-_PROBE = """
-import json, os, socket
-s = socket.socket()
+_PROBE = """import json, os, socket
 try:
-    s.settimeout(1.0); s.connect(("127.0.0.1", 9)); net = True
+    socket.create_connection(("127.0.0.1", 9), timeout=1.0); net = True
 except OSError:
     net = False
-os.write(3, json.dumps({"pid": os.getpid(), "uid": os.getuid(), "net": net}).encode())
-"""
+os.write(3, json.dumps({"pid": os.getpid(), "uid": os.getuid(), "net": net}).encode())"""
 
 
 def _probe(caps: SandboxCapabilities) -> str | None:
@@ -369,16 +353,9 @@ def capabilities(mode: SandboxMode | None = None) -> SandboxCapabilities:
             "interpreter readable by other users so the fallback can drop to a fresh uid.")
 
 
-def run_sandboxed(
-    source: str,
-    *,
-    timeout_s: float,
-    memory_mb: int,
-    max_procs: int,
-    max_output_bytes: int,
-    files: dict[str, str | bytes] | None = None,
-    mode: SandboxMode | None = None,
-) -> SandboxResult:
+def run_sandboxed(source: str, *, timeout_s: float, memory_mb: int, max_procs: int, max_output_bytes: int,
+                  files: dict[str, str | bytes] | None = None, mode: SandboxMode | None = None
+                  ) -> SandboxResult:
     """Run `source` as a Python program in a fresh sandbox; never leaves files or processes.
 
     `files` are written next to the program (names only, no '/'); `mode` forces a
@@ -396,7 +373,7 @@ def _launch_config(caps: SandboxCapabilities, scratch: str, memory_mb: int, max_
     uid = _UID_BASE + secrets.randbelow(1 << 24) if caps.uid_drop else None
     exe = os.path.realpath(sys.executable)
     roots = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, os.path.dirname(exe))}
-    hide = [d for d in _HIDDEN_DIRS if os.path.isdir(d)]
+    hide = [d for d in ("/root", "/home") if os.path.isdir(d)]  # hidden, but for the interpreter
     cpu_s = int(timeout_s) + 1
     return {
         "mode": caps.mode, "exe": exe, "parent": os.getpid(), "scratch": scratch, "uid": uid, "gid": uid,
@@ -426,12 +403,11 @@ def _prepare_scratch(source: str, files: dict[str, str | bytes] | None, uid: int
 def _run(source: str, caps: SandboxCapabilities, *, timeout_s: float, memory_mb: int, max_procs: int,
          max_output_bytes: int, files: dict[str, str | bytes] | None) -> SandboxResult:
     t0 = time.monotonic()
-    res_r, res_w = os.pipe()
-    st_r, st_w = os.pipe()
+    (res_r, res_w), (st_r, st_w) = os.pipe(), os.pipe()
     cfg = _launch_config(caps, "", memory_mb, max_procs, timeout_s, res_w, st_w)
-    scratch = cfg["scratch"] = _prepare_scratch(source, files, cfg["uid"], caps.mode)
-    proc = None
+    proc = scratch = None
     try:
+        scratch = cfg["scratch"] = _prepare_scratch(source, files, cfg["uid"], caps.mode)
         proc = subprocess.Popen(
             [cfg["exe"], "-I", "-S", "-B", "-c", _LAUNCHER, repr(cfg)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -450,7 +426,8 @@ def _run(source: str, caps: SandboxCapabilities, *, timeout_s: float, memory_mb:
                 os.close(fd)
         if proc is not None:
             _kill_group(proc)
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     out, err = (bufs[fd].decode("utf-8", "replace") for fd in (out_fd, err_fd))
     return _result(bufs[st_r].decode("ascii", "replace"), bufs[res_r], out, err,
                    time.monotonic() - t0, timed_out, cut)
@@ -505,16 +482,12 @@ def _result(status_msg: str, raw_result: bytes, out: str, err: str, duration: fl
             timed_out: bool, cut: bool) -> SandboxResult:
     if status_msg.startswith("setup "):
         raise SandboxError(f"sandbox setup failed: {status_msg[6:]}")
-    result = None
     try:
-        parsed = json.loads(raw_result.decode("utf-8")) if raw_result.strip() else None
-        result = parsed if isinstance(parsed, dict) else None
+        result = json.loads(raw_result.decode("utf-8")) if raw_result.strip() else None
     except ValueError:
-        pass
-    code: int | None = None
-    if status_msg.startswith("exit "):
-        ws = int(status_msg.split()[1])
-        code = os.WEXITSTATUS(ws) if os.WIFEXITED(ws) else -os.WTERMSIG(ws)
+        result = None
+    ws = int(status_msg.split()[1]) if status_msg.startswith("exit ") else None
+    code = None if ws is None else os.WEXITSTATUS(ws) if os.WIFEXITED(ws) else -os.WTERMSIG(ws)
     if timed_out or code == -signal.SIGXCPU:
         status: SandboxStatus = "timeout"
     elif code is None or code < 0:
@@ -523,4 +496,4 @@ def _result(status_msg: str, raw_result: bytes, out: str, err: str, duration: fl
         status = "oom"
     else:
         status = "ok" if code == 0 else "error"
-    return SandboxResult(status, code, out, err, duration, result, cut)
+    return SandboxResult(status, code, out, err, duration, result if isinstance(result, dict) else None, cut)
