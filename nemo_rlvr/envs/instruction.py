@@ -38,6 +38,11 @@ def whole_word(phrase: str) -> re.Pattern[str]:
     return re.compile(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", re.IGNORECASE)
 
 
+def count_matches(r: str, keyword: str) -> int:
+    """Non-overlapping whole-word matches of `keyword` in `r`."""
+    return len(whole_word(keyword).findall(r))
+
+
 def is_json_response(r: str) -> bool:
     """`json_format`: the stripped response is one JSON value, or one ``` / ```json fenced block of it."""
     s = r.strip()
@@ -77,7 +82,7 @@ CHECKS: dict[str, tuple[dict[str, str], Check]] = {
     "forbidden_words": ({"words": "list[str]"},
                         lambda r, p: not any(whole_word(w).search(r) for w in p["words"])),
     "keyword_frequency": ({"keyword": "str", "relation": "relation", "n": "int"},
-                          lambda r, p: _RELATIONS[p["relation"]](len(whole_word(p["keyword"]).findall(r)), p["n"])),
+                          lambda r, p: _RELATIONS[p["relation"]](count_matches(r, p["keyword"]), p["n"])),
     "json_format": ({}, lambda r, p: is_json_response(r)),
     "num_bullets": ({"n": "int"}, lambda r, p: count_bullets(r) == p["n"]),
     "starts_with": ({"phrase": "str"}, lambda r, p: r.lstrip().startswith(p["phrase"])),

@@ -98,7 +98,8 @@ def reasoning_gym_records(
     import reasoning_gym
 
     if task not in task_names():
-        raise ValueError(f"reasoning_gym task {task!r} does not exist; choose one of {', '.join(task_names())}")
+        raise ValueError(f"reasoning_gym task {task!r} does not exist; choose one of "
+                         f"{', '.join(task_names())}")
     if n < 1:
         raise ValueError(f"n={n}: ask for at least one record")
     options = dict(config or {})

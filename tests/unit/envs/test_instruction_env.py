@@ -20,6 +20,10 @@ def holds(env, response: str, **inst) -> bool:
     return s.reward == 1.0
 
 
+def include(*keywords: str) -> dict:
+    return {"type": "include_keywords", "keywords": list(keywords)}
+
+
 # (response, instruction, satisfied?)
 CASES = {
     # word = maximal run of non-whitespace: "mood," and "long-term" are one word each.
@@ -37,14 +41,15 @@ CASES = {
     # whole-word match: case-insensitive, (?<!\w) ... (?!\w).
     "include_keywords_pass": ("Encryption keeps the cat safe.", {"type": "include_keywords",
                                                                   "keywords": ["encryption", "CAT"]}, True),
-    "include_keywords_inside_word": ("A category of things.", {"type": "include_keywords", "keywords": ["cat"]}, False),
-    "include_keywords_one_missing": ("the cat", {"type": "include_keywords", "keywords": ["cat", "dog"]}, False),
-    "include_keywords_phrase": ("Use long-term storage.", {"type": "include_keywords", "keywords": ["long-term"]}, True),
-    "include_keywords_punctuation_ok": ("I like cats, dogs.", {"type": "include_keywords", "keywords": ["dogs"]}, True),
+    "include_keywords_inside_word": ("A category of things.", include("cat"), False),
+    "include_keywords_one_missing": ("the cat", include("cat", "dog"), False),
+    "include_keywords_phrase": ("Use long-term storage.", include("long-term"), True),
+    "include_keywords_punctuation_ok": ("I like cats, dogs.", include("dogs"), True),
     "include_keywords_empty_list": ("anything", {"type": "include_keywords", "keywords": []}, True),
     "forbidden_words_pass": ("Goodness me.", {"type": "forbidden_words", "words": ["good"]}, True),
     "forbidden_words_fail": ("It is GOOD.", {"type": "forbidden_words", "words": ["bad", "good"]}, False),
-    "forbidden_words_underscore_is_word_char": ("good_stuff", {"type": "forbidden_words", "words": ["good"]}, True),
+    "forbidden_words_underscore_is_word_char": ("good_stuff", {"type": "forbidden_words", "words": ["good"]},
+                                                True),
     "kw_freq_at_least_pass": ("Cat cat CAT category", {"type": "keyword_frequency", "keyword": "cat",
                                                         "relation": "at_least", "n": 3}, True),   # 3 matches
     "kw_freq_at_least_fail": ("cat category", {"type": "keyword_frequency", "keyword": "cat",
@@ -57,8 +62,9 @@ CASES = {
                                                    "relation": "exactly", "n": 2}, True),
     "kw_freq_exactly_fail": ("dog dogs doggy", {"type": "keyword_frequency", "keyword": "dog",
                                                 "relation": "exactly", "n": 2}, False),           # 1 match
+    # "ha ha ha" holds "ha ha" once without overlap (the rest is " ha").
     "kw_freq_non_overlapping": ("ha ha ha", {"type": "keyword_frequency", "keyword": "ha ha",
-                                             "relation": "exactly", "n": 1}, True),              # "ha ha"+" ha"
+                                             "relation": "exactly", "n": 1}, True),
     # json_format: S = R.strip(); a fence must be exactly one block, first line ``` or ```json.
     "json_plain_object": ('  {"a": [1, 2]}\n', {"type": "json_format"}, True),
     "json_any_value": ("42", {"type": "json_format"}, True),
@@ -74,17 +80,20 @@ CASES = {
     "json_fence_one_line": ('```{"a": 1}```', {"type": "json_format"}, False),
     "json_empty": ("", {"type": "json_format"}, False),
     # num_bullets: lines matching ^\s*[*-]\s+\S; "---" and "**bold**" are not bullets.
-    "bullets_pass": ("Intro\n* one\n  - two\n---\n**bold** line\n-three\n- \n", {"type": "num_bullets", "n": 2}, True),
+    "bullets_pass": ("Intro\n* one\n  - two\n---\n**bold** line\n-three\n- \n",
+                     {"type": "num_bullets", "n": 2}, True),
     "bullets_fail": ("* one\n* two\n* three", {"type": "num_bullets", "n": 2}, False),
     "bullets_dash_then_newline_not_bullet": ("-\nword\n*\tx", {"type": "num_bullets", "n": 1}, True),
     "bullets_numbers_not_bullets": ("1. a\n2. b\n+ c", {"type": "num_bullets", "n": 0}, True),
     "starts_with_pass": ("  \nDear team, hi", {"type": "starts_with", "phrase": "Dear team"}, True),
     "starts_with_case_sensitive": ("dear team", {"type": "starts_with", "phrase": "Dear"}, False),
     "ends_with_pass": ("Thanks. Any questions?  \n", {"type": "ends_with", "phrase": "Any questions?"}, True),
-    "ends_with_trailing_text": ("Any questions? Bye", {"type": "ends_with", "phrase": "Any questions?"}, False),
+    "ends_with_trailing_text": ("Any questions? Bye", {"type": "ends_with", "phrase": "Any questions?"},
+                                False),
     "ends_with_case_sensitive": ("any questions?", {"type": "ends_with", "phrase": "Any questions?"}, False),
     # num_paragraphs: split R.strip() on \n\s*\n, count non-empty pieces.
-    "paragraphs_pass": ("\n\nOne\nstill one\n\n  \t\n\nTwo\n \nThree\n\n", {"type": "num_paragraphs", "n": 3}, True),
+    "paragraphs_pass": ("\n\nOne\nstill one\n\n  \t\n\nTwo\n \nThree\n\n", {"type": "num_paragraphs", "n": 3},
+                        True),
     "paragraphs_fail": ("One\nTwo\nThree", {"type": "num_paragraphs", "n": 3}, False),      # 1 paragraph
     "paragraphs_empty": ("  \n ", {"type": "num_paragraphs", "n": 0}, True),
     "quotes_pass": ('  "Hello, world."\n', {"type": "wrapped_in_quotes"}, True),

@@ -25,7 +25,8 @@ WEATHER = {
         },
     },
 }
-TIME = {"name": "get_time", "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}}}  # bare form
+# The bare {"name", "parameters"} form, without the OpenAI wrapper.
+TIME = {"name": "get_time", "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}}}
 ECHO = {"type": "function", "function": {"name": "echo", "parameters": {"type": "object"}}}  # untyped args
 TOOLS = [WEATHER, TIME, ECHO]
 
@@ -43,26 +44,27 @@ def score(env, response: str, expected, tools=TOOLS):
     return env.score_record(response, {"tools": tools, "expected_calls": expected})
 
 
-PARIS = {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}
+PARIS_ARGS = {"city": "Paris", "days": 3}
+PARIS = {"name": "get_weather", "arguments": PARIS_ARGS}
 UTC = {"name": "get_time", "arguments": {"tz": "UTC"}}
 
 
 POSITIVE = {
     "single_call": (call("get_weather", {"city": "Paris", "days": 3}), [PARIS]),
-    "whitespace_around_json": ('<tool_call>\n  {"name": "get_weather", "arguments": {"days": 3, "city": "Paris"}}\n'
-                               "</tool_call>", [PARIS]),
+    "whitespace_around_json": ('<tool_call>\n  {"name": "get_weather", '
+                               '"arguments": {"days": 3, "city": "Paris"}}\n</tool_call>', [PARIS]),
     "text_before_call": ("Let me check.\n" + call("get_weather", {"city": "Paris", "days": 3}), [PARIS]),
-    "two_calls_any_order": (call("get_time", {"tz": "UTC"}) + call("get_weather", {"city": "Paris", "days": 3}),
-                            [PARIS, UTC]),
+    "two_calls_any_order": (call("get_time", {"tz": "UTC"}) + call("get_weather", PARIS_ARGS), [PARIS, UTC]),
     "same_number_as_float": (call("get_weather", {"city": "Paris", "days": 3.0}), [PARIS]),
     "no_call_expected_plain_text": ("It is sunny in Paris today.", []),
     "no_call_expected_empty": ("", []),
     "expected_arguments_as_json_string": (call("get_time", {"tz": "UTC"}),
                                           [{"name": "get_time", "arguments": '{"tz": "UTC"}'}]),
     "expected_in_openai_wrapper": (call("get_time", {"tz": "UTC"}),
-                                   [{"type": "function", "function": {"name": "get_time", "arguments": {"tz": "UTC"}}}]),
+                                   [{"type": "function", "function": UTC}]),
     "nested_object_key_order_free": (call("echo", {"x": {"b": [1, {"c": None}], "a": "s"}}),
-                                     [{"name": "echo", "arguments": {"x": {"a": "s", "b": [1, {"c": None}]}}}]),
+                                     [{"name": "echo",
+                                       "arguments": {"x": {"a": "s", "b": [1, {"c": None}]}}}]),
     "array_same_order": (call("get_weather", {"city": "Paris", "hours": [1, 2]}),
                          [{"name": "get_weather", "arguments": {"city": "Paris", "hours": [1, 2]}}]),
 }
@@ -79,8 +81,7 @@ def test_exact_calls_score_one(env, response, expected):
 PARIS_JSON = json.dumps({"name": "get_weather", "arguments": {"city": "Paris", "days": 3}})
 NEGATIVE = {
     # Other shapes -> 0.
-    "key_parameters": (call("get_weather", {"city": "Paris", "days": 3}).replace('"arguments"', '"parameters"'),
-                       [PARIS]),
+    "key_parameters": (call("get_weather", PARIS_ARGS).replace('"arguments"', '"parameters"'), [PARIS]),
     "extra_key_in_call": (call("get_weather", {"city": "Paris", "days": 3}, id="1"), [PARIS]),
     "unclosed_tag": ("<tool_call>" + PARIS_JSON, [PARIS]),
     "bare_json": (PARIS_JSON, [PARIS]),
@@ -91,17 +92,16 @@ NEGATIVE = {
     "stray_close_tag": (call("get_weather", {"city": "Paris", "days": 3}) + "</tool_call>", [PARIS]),
     "tag_with_attribute": ('<tool_call name="get_weather">' + PARIS_JSON + "</tool_call>", [PARIS]),
     "upper_case_tag": ("<TOOL_CALL>" + PARIS_JSON + "</TOOL_CALL>", [PARIS]),
-    "arguments_as_string": ("<tool_call>" + json.dumps({"name": "get_weather", "arguments": '{"city": "Paris", '
-                                                        '"days": 3}'}) + "</tool_call>", [PARIS]),
+    "arguments_as_string": (call("get_weather", json.dumps(PARIS_ARGS)), [PARIS]),
     "arguments_as_list": (call("get_weather", ["Paris", 3]), [PARIS]),
-    "nan_argument": ('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "days": NaN}}</tool_call>',
-                     [PARIS]),
-    "duplicate_json_key": ('<tool_call>{"name": "get_weather", "arguments": {"city": "Rome", "city": "Paris", '
-                           '"days": 3}}</tool_call>', [PARIS]),
-    "valid_call_plus_bare_json_call": (call("get_weather", {"city": "Paris", "days": 3}) + "\n" + PARIS_JSON, [PARIS]),
+    "nan_argument": ('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "days": NaN}}'
+                     "</tool_call>", [PARIS]),
+    "duplicate_json_key": ('<tool_call>{"name": "get_weather", "arguments": '
+                           '{"city": "Rome", "city": "Paris", "days": 3}}</tool_call>', [PARIS]),
+    "valid_call_plus_bare_json_call": (call("get_weather", PARIS_ARGS) + "\n" + PARIS_JSON, [PARIS]),
     # Multiset: duplicates count as extra calls; missing calls fail.
     "duplicate_call": (call("get_weather", {"city": "Paris", "days": 3}) * 2, [PARIS]),
-    "extra_call": (call("get_weather", {"city": "Paris", "days": 3}) + call("get_time", {"tz": "UTC"}), [PARIS]),
+    "extra_call": (call("get_weather", PARIS_ARGS) + call("get_time", {"tz": "UTC"}), [PARIS]),
     "missing_call": (call("get_weather", {"city": "Paris", "days": 3}), [PARIS, UTC]),
     "no_call_when_one_expected": ("The weather in Paris is nice.", [PARIS]),
     # Arguments equal exactly, JSON types matching.
@@ -172,7 +172,8 @@ def test_bad_env_fields_are_errors(env, fields, needle):
 
 
 def test_tools_and_expected_calls_may_be_json_strings(env):
-    s = env.score_record(call("get_time", {"tz": "UTC"}), {"tools": json.dumps(TOOLS), "expected_calls": json.dumps([UTC])})
+    fields = {"tools": json.dumps(TOOLS), "expected_calls": json.dumps([UTC])}
+    s = env.score_record(call("get_time", {"tz": "UTC"}), fields)
     assert s.reward == 1.0
 
 
