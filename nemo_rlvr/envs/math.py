@@ -68,6 +68,7 @@ _HEDGE_APPROX = re.compile(r"\\(?:approx|thickapprox|simeq|sim|thicksim)(?![A-Za
 _PLUS_MINUS = re.compile(r"\\(?:pm|mp)(?![A-Za-z])|[±∓]")
 _PERCENT_SUFFIX = re.compile(r"(?:\\?%|\\text\{\s*percent\s*\}|\s*percent)\s*$", re.IGNORECASE)
 _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|\\degree(?![A-Za-z])|°")
+_REPEATING = re.compile(r"(?<![\d.])(\d*)\.(\d{0,50})\\overline\s*\{\s*(\d{1,50})\s*\}")
 _TEXT_WRAPPED = re.compile(r"^\\(?:text|textbf|mathrm|mbox)\s*\{([-+.\d].*)\}$", re.DOTALL)
 
 # math-verify warns once per process that its timeout is off; that is deliberate here.
@@ -203,10 +204,19 @@ def tail_hedge_reason(tail: str, gold: str) -> str | None:
 # ---------------------------------------------------------------- parsing and comparison
 
 
+def _repeating_decimal(m: re.Match[str]) -> str:
+    """0.1\\overline{6} -> \\frac{15}{90}: the exact value of a repeating decimal."""
+    whole, fixed, rep = m.group(1) or "0", m.group(2), m.group(3)
+    num = int(whole + fixed + rep) - int(whole + fixed)
+    den = 10 ** len(fixed) * (10 ** len(rep) - 1)
+    return f"\\frac{{{num}}}{{{den}}}"
+
+
 def _variants(answer: str) -> list[str]:
     """Normalised spellings of one answer; the answer matches if any spelling does."""
     s = _strip_math_delimiters(answer)
     s = _DEGREES.sub("", s).replace("{,}", ",").strip()
+    s = _REPEATING.sub(_repeating_decimal, s)
     m = _TEXT_WRAPPED.match(s)
     if m:
         s = m.group(1).strip()  # \text{5 cm} -> 5 cm

@@ -34,6 +34,8 @@ EQUIVALENT = {
     "radical_reordered": (r"\frac{\sqrt{3}}{2}", r"\boxed{\frac{1}{2}\sqrt{3}}"),
     "polynomial_factored": ("x^2+2x+1", r"\boxed{(x+1)^2}"),
     "integer_as_float": ("3", r"\boxed{3.0}"),
+    "repeating_decimal_is_exact": (r"\frac{1}{3}", r"\boxed{0.\overline{3}}"),
+    "repeating_decimal_with_fixed_part": (r"\frac{1}{6}", r"\boxed{0.1\overline{6}}"),
     "fbox": ("5", r"\fbox{5}"),
     "box_without_braces": ("3", r"\boxed 3"),
     "nested_braces": (r"\frac{1}{2}", r"The result is $\boxed{\frac{1}{2}}$."),
