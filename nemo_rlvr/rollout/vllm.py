@@ -1,0 +1,225 @@
+"""vLLM generation backend: one `VLLMGenerator` per tensor-parallel group, inside a Ray actor.
+
+It runs vLLM's Python engine (`vllm.LLM`) in the actor's own process (CPU: the
+in-process engine, `VLLM_ENABLE_V1_MULTIPROCESSING=0` + the "uni" executor, ~3 s to
+start instead of ~20 s) and follows the HF backend's conventions exactly
+(rollout/hf.py; tests/integration/test_generator_contract.py): prompts arrive as token
+ids, each of the n samples of a prompt is its own request with its own seed derived
+from SamplingParams.seed (the same seed gives the same samples), response_ids include
+EOS when generated, text is decoded from response_ids with special tokens skipped.
+
+Log-probs are vLLM's `processed_logprobs` of the sampled token: log_softmax(logits / T)
+in fp32, the learner's definition (greedy: T = 1). With top_p < 1, vLLM reports the
+log-prob under the truncated distribution while the learner cannot: keep top_p = 1
+for exact on-policy numerics.
+
+Weights (rollout/weight_sync.py), one control call per update, then the prefix cache is
+reset (cached KV was computed with the old weights):
+  numpy / CPU buckets   -> the worker's `reload_weights(weights_iterator=...,
+                           is_checkpoint_format=True)`; on CPU the tied lm_head's packed
+                           copy is rebuilt afterwards (vLLM CPU bug, shared/notes/vllm-cpu.md)
+  CUDA IPC buckets      -> vLLM's "ipc" weight transfer (colocated placement)
+  NCCL (receive_weights)-> vLLM's "nccl" weight transfer (split placement)
+GPU paths follow vLLM 0.32's documented weight-transfer API; they are not run on the
+CPU-only test machines (tests/gpu, docs/vllm.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from nemo_rlvr.rollout.base import Prompt, Sample, SamplingParams, WeightBucket
+from nemo_rlvr.rollout.weight_sync import (
+    IpcBuffer,
+    bucket_nbytes,
+    ipc_update_info,
+    iter_bucket_tensors,
+)
+
+if TYPE_CHECKING:
+    from nemo_rlvr.config import GenerationConfig
+
+log = logging.getLogger(__name__)
+
+Placement = Literal["colocated", "split"]
+_FINISH = {"stop": "stop", "length": "length"}
+
+
+def request_seed(seed: int, prompt_index: int, sample_index: int, n: int) -> int:
+    """Seed of one request: distinct per (prompt, sample) within a call, fixed by the call's seed."""
+    return (seed * 1_000_003 + prompt_index * n + sample_index) % (2**63 - 1)
+
+
+class VLLMGenerator:
+    """vLLM engine over a local Hugging Face folder; the Generator protocol plus weight-sync hooks.
+
+    Construct it inside the Ray actor that owns the device(s): on CPU with
+    `num_cpus >= 1`, on GPU with `num_gpus = tensor_parallel_size` (TP > 1 uses vLLM's
+    own workers, e.g. `distributed_executor_backend="ray"`). The engine is built in
+    __init__ (seconds on CPU, a minute on a large GPU model).
+    """
+
+    def __init__(self, model_path: str, *, dtype: str = "float32", tensor_parallel_size: int = 1,
+                 placement: Placement = "split", kv_cache_gb: float = 1.0,
+                 gpu_memory_utilization: float = 0.5, max_model_len: int | None = None,
+                 seed: int = 0, enable_prefix_caching: bool = True,
+                 weight_transfer_buffer_mb: float = 64.0, device: Literal["auto", "cpu", "cuda"] = "auto"):
+        import torch
+
+        self.on_gpu = torch.cuda.is_available() if device == "auto" else device == "cuda"
+        self.placement = placement
+        self.weight_transfer_buffer_bytes = int(weight_transfer_buffer_mb * 2**20)
+        kwargs: dict[str, Any] = dict(
+            model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
+            enforce_eager=True, logprobs_mode="processed_logprobs",
+            enable_prefix_caching=enable_prefix_caching, tensor_parallel_size=tensor_parallel_size,
+        )
+        if self.on_gpu:
+            from vllm.config import WeightTransferConfig
+
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization,
+                          enable_sleep_mode=placement == "colocated",
+                          weight_transfer_config=WeightTransferConfig(
+                              backend="ipc" if placement == "colocated" else "nccl"))
+            if tensor_parallel_size == 1:
+                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+                kwargs["distributed_executor_backend"] = "uni"
+        else:
+            if tensor_parallel_size != 1:
+                raise ValueError(f"generation.tensor_parallel_size={tensor_parallel_size}: vLLM on CPU "
+                                 "runs one worker per engine here; use 1 and more generation.num_workers.")
+            # In-process engine: ~3 s to start, weights reachable without RPC. vLLM reads
+            # these when the engine is built; VLLM_CPU_KVCACHE_SPACE (legacy, whole GiB)
+            # overrides kv_cache_memory_bytes if the user set it.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            kwargs.update(distributed_executor_backend="uni",
+                          kv_cache_memory_bytes=int(kv_cache_gb * 2**30))
+        from vllm import LLM
+
+        t0 = time.perf_counter()
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self._tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
+        if self.on_gpu and placement == "colocated":
+            self.llm.init_weight_transfer_engine({"init_info": {"packed": True}})
+        log.info("vLLM engine for %s ready in %.1f s (%s, %s)", model_path, time.perf_counter() - t0,
+                 "cuda" if self.on_gpu else "cpu", placement)
+
+    @classmethod
+    def from_config(cls, model_path: str, gen: GenerationConfig, *, dtype: str = "float32",
+                    placement: Placement = "split", seed: int = 0,
+                    max_model_len: int | None = None) -> VLLMGenerator:
+        """Build from `generation.*` (the Ray actor wrapper calls this in the actor)."""
+        return cls(model_path, dtype=dtype, tensor_parallel_size=gen.tensor_parallel_size,
+                   placement=placement, kv_cache_gb=gen.kv_cache_gb,
+                   gpu_memory_utilization=gen.gpu_memory_utilization, max_model_len=max_model_len,
+                   seed=seed, weight_transfer_buffer_mb=gen.weight_sync_bucket_mb)
+
+    # ------------------------------------------------------------------ generate
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[Sample]:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm import TokensPrompt
+
+        requests, params, owners = [], [], []
+        for i, p in enumerate(prompts):  # prompt-major; one request per sample, own seed
+            for j in range(sampling.n):
+                requests.append(TokensPrompt(prompt_token_ids=list(p.token_ids)))
+                params.append(VSamplingParams(
+                    n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+                    max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None,
+                    include_stop_str_in_output=True, logprobs=0,
+                    seed=request_seed(sampling.seed, i, j, sampling.n)))
+                owners.append(i)
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        samples = []
+        for i, out in zip(owners, outputs):
+            p, c = prompts[i], out.outputs[0]
+            resp = list(c.token_ids)
+            if c.logprobs is None or len(c.logprobs) != len(resp):
+                raise RuntimeError(f"vLLM returned {0 if c.logprobs is None else len(c.logprobs)} "
+                                   f"log-probs for {len(resp)} tokens")
+            samples.append(Sample(
+                prompt_ids=list(p.token_ids), response_ids=resp,
+                logprobs=[float(lp[t].logprob) for lp, t in zip(c.logprobs, resp)],
+                text=self.tokenizer.decode(resp, skip_special_tokens=True),
+                finish_reason=_FINISH.get(c.finish_reason, "error"), group_id=i, env=p.env,
+                fields=p.fields, prompt_text=p.text, uid=p.uid))
+        return samples
+
+    # ------------------------------------------------------------------ weights
+
+    def load_weights(self, buckets: Sequence[WeightBucket]) -> dict[str, float]:
+        """Replace the weights from buckets (numpy/CPU tensors, or CUDA IPC handles)."""
+        t0 = time.perf_counter()
+        nbytes = sum(bucket_nbytes(b) for b in buckets)
+        if any(isinstance(b.data, IpcBuffer) for b in buckets):
+            if not (self.on_gpu and self.placement == "colocated"):
+                raise RuntimeError("CUDA IPC weight buckets need a GPU generator with "
+                                   "cluster.placement=colocated.")
+            self.llm.start_weight_update()
+            for b in buckets:
+                self.llm.update_weights({"update_info": ipc_update_info(b)})
+            self.llm.finish_weight_update()
+        else:
+            self._reload(iter_bucket_tensors(buckets))
+        self.llm.reset_prefix_cache()
+        dt = time.perf_counter() - t0
+        return {"timing/weight_sync": dt, "weight_sync/apply_s": dt, "weight_sync/bytes": float(nbytes)}
+
+    def _reload(self, named_tensors) -> None:
+        executor = self.llm.llm_engine.model_executor
+        driver = getattr(executor, "driver_worker", None)
+        if driver is None:
+            raise RuntimeError("weight buffers can be loaded only into an in-process engine "
+                               "(tensor_parallel_size=1); with TP > 1 use IPC or NCCL weight sync.")
+        worker = driver.worker
+        worker.reload_weights(weights_iterator=named_tensors, is_checkpoint_format=True)
+        if not self.on_gpu and self._tied:
+            # vLLM CPU keeps a packed copy of the tied lm_head that reload_weights does not
+            # refresh; without this the logits still use the old embedding (notes/vllm-cpu.md).
+            lm_head = worker.get_model().lm_head
+            lm_head.quant_method.process_weights_after_loading(lm_head)
+
+    def init_weight_update_group(self, master_address: str, master_port: int, rank_offset: int,
+                                 world_size: int, num_buffers: int = 2) -> None:
+        """Join the learner's NCCL group (split placement, GPU); blocks until every rank joins."""
+        if not self.on_gpu:
+            raise RuntimeError("NCCL weight sync needs CUDA; on CPU generators load numpy buckets.")
+        self.llm.init_weight_transfer_engine({"init_info": {
+            "master_address": master_address, "master_port": master_port, "rank_offset": rank_offset,
+            "world_size": world_size, "packed": True,
+            "packed_buffer_size_bytes": self.weight_transfer_buffer_bytes,
+            "packed_num_buffers": num_buffers}})
+
+    def receive_weights(self, meta: Sequence[tuple[str, str, list[int]]]) -> dict[str, float]:
+        """Receive one update broadcast by `NcclWeightSender.send` (run both concurrently)."""
+        import torch
+
+        t0 = time.perf_counter()
+        self.llm.start_weight_update()
+        self.llm.update_weights({"update_info": {
+            "names": [m[0] for m in meta], "dtype_names": [m[1] for m in meta],
+            "shapes": [list(m[2]) for m in meta]}})
+        self.llm.finish_weight_update()
+        self.llm.reset_prefix_cache()
+        nbytes = sum(math.prod(s) * torch.empty((), dtype=getattr(torch, d)).element_size()
+                     for _, d, s in meta)
+        dt = time.perf_counter() - t0
+        return {"timing/weight_sync": dt, "weight_sync/apply_s": dt, "weight_sync/bytes": float(nbytes)}
+
+    # ------------------------------------------------------------------ memory
+
+    def sleep(self) -> None:
+        """Colocated GPU: offload weights to host, drop the KV cache. CPU: nothing to free."""
+        if self.on_gpu and self.placement == "colocated":
+            self.llm.sleep(level=1)
+
+    def wake(self) -> None:
+        if self.on_gpu and self.placement == "colocated":
+            self.llm.wake_up()
