@@ -1,26 +1,22 @@
 """Isolated execution of model-written Python: one fresh, confined process per run.
 
-Model-written code never runs in the trainer's process or with its environment,
-files or network (DESIGN.md). `run_sandboxed(source, ...)` runs `source` as a
-program and returns what happened; the guarantees, per platform, are in
-docs/sandbox.md. On Linux as root (the cluster and container case):
+Model-written code never runs in the trainer's process or with its environment, files
+or network (DESIGN.md). `run_sandboxed(source, ...)` runs `source` as a program and says
+what happened; guarantees per platform and the threat model: docs/sandbox.md. On Linux
+as root (clusters, containers):
 
     verifier (pool worker)                  host PID namespace, own session
       └─ launcher  python -I -S -c _LAUNCHER  unshare(NEWPID|NEWNET|NEWNS|NEWIPC|NEWUTS)
-           └─ init (pid 1, root)            mounts: / read-only, tmpfs /tmp (= scratch),
-                │                           own /proc, /root and /home hidden
-                └─ program (pid 2)          uid/gid = fresh random id, setsid, rlimits,
+           └─ init (pid 1, root)            / read-only, tmpfs /tmp (= scratch), own /proc,
+                │                           dirs outside /usr /etc /var ... hidden
+                └─ program (pid 2)          fresh random uid/gid, setsid, rlimits, no caps,
                                             no_new_privs, exec python -I -S -B main.py
 
-The verifier kills the launcher's process group with SIGKILL at the wall-clock
-limit; init dies with it (PDEATHSIG) and the kernel then kills every process in
-the PID namespace, so nothing outlives a run. The process cap is RLIMIT_NPROC on
-a uid no other process has (RLIMIT_NPROC does not bind uid 0). Without root it
-uses a user namespace; without namespaces (macOS) it falls back to rlimits only,
-with a logged warning. `capabilities()` says which mode runs and what it enforces.
-
-The program reports a result by writing one JSON object to fd `RESULT_FD` (3);
-stdout and stderr are captured, bounded by `max_output_bytes` each.
+At the time limit the launcher kills init; the kernel then kills every process in the
+namespace, and the verifier returns only when all are gone. RLIMIT_NPROC on a uid no
+other process has caps the process count (it never binds uid 0). Without root: a user
+namespace; without namespaces (macOS): rlimits only, with a warning (`capabilities()`).
+The program may write one JSON object to fd RESULT_FD (3): `SandboxResult.result`.
 """
 
 from __future__ import annotations
@@ -49,12 +45,16 @@ SandboxStatus = Literal["ok", "error", "timeout", "oom", "killed"]
 _UID_BASE = 0x70000000  # per-run uids are drawn from [_UID_BASE, _UID_BASE + 2**24)
 _RESULT_MAX = 1 << 20
 _GRACE_S = 0.2  # after the program's exit is reported, how long its last output may take
+_VISIBLE = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin", "sys", "tmp", "usr", "var"}
 
 # The launcher runs in a fresh `python -I -S` (no site-packages, no environment), so it
 # may import only the standard library; it avoids json/re to start fast. argv[1] is its
 # config, a dict literal (see `_launch_config`).
 _LAUNCHER = r'''
-import ctypes, os, sys
+import _signal, os
+CHILD = []  # SIGTERM from the verifier: kill the child (init: the whole namespace), reap it, exit
+_signal.signal(15, lambda *_: [os.kill(pid, 9) for pid in CHILD])
+import ctypes, sys
 C = eval(sys.argv[1], {"__builtins__": {}})  # a dict literal written by the verifier
 LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
@@ -114,13 +114,10 @@ def setup_fs(uid, gid):
         os.chmod("/tmp/" + name, 0o600)
 
 def user_tasks(uid):  # threads count against RLIMIT_NPROC too
-    n = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            n += len(os.listdir("/proc/%s/task" % pid)) if os.stat("/proc/" + pid).st_uid == uid else 0
-        except OSError:
-            pass
-    return n
+    def tasks(pid):
+        try: return len(os.listdir("/proc/%s/task" % pid)) if os.stat("/proc/" + pid).st_uid == uid else 0
+        except OSError: return 0
+    return sum(tasks(p) for p in os.listdir("/proc") if p.isdigit())
 
 def drop_capabilities():
     # Still uid 0 (user namespace): empty the bounding set so exec grants none (no remount rw).
@@ -169,6 +166,7 @@ def spawn_program(workdir, new_session):
         except BaseException as e:
             os.write(2, ("sandbox: cannot start program: %r\n" % (e,)).encode())
         os._exit(127)
+    CHILD.append(pid)
     return pid
 
 report = lambda msg: os.write(C["status_fd"], msg.encode())  # to the verifier: "exit <status>"
@@ -209,6 +207,7 @@ def run_namespaced():
         except BlockingIOError:
             pass
         init_main(uid, gid)
+    CHILD.append(pid)
     os.close(C["status_fd"])
     os.close(C["res_fd"])
     os.waitpid(pid, 0)
@@ -249,7 +248,7 @@ class SandboxCapabilities:
     network_namespace: bool
     """No network at all, loopback included."""
     readonly_filesystem: bool
-    """Everything read-only except a private tmpfs /tmp; /root and /home hidden."""
+    """All read-only but a private tmpfs /tmp; top-level dirs other than system ones look empty."""
     uid_drop: bool
     """Runs as a fresh unprivileged uid/gid, so RLIMIT_NPROC binds even when the verifier is root."""
     process_cap: Literal["exact", "shared", "none"]
@@ -265,10 +264,8 @@ _CAPS_LOCK = threading.Lock()
 
 
 def _caps_for(mode: SandboxMode, uid_drop: bool) -> SandboxCapabilities:
-    ns = mode != "rlimits"
-    root = _is_root()
+    ns, root, linux = mode != "rlimits", _is_root(), sys.platform.startswith("linux")
     # RLIMIT_NPROC never binds uid 0, nor the root of a user namespace mapped onto uid 0
-    linux = sys.platform.startswith("linux")
     cap = "exact" if uid_drop or (mode == "userns" and not root) else "shared" if linux and not root else "none"
     warning = None  # namespaces + uid drop: the full set
     if mode == "userns":
@@ -295,30 +292,26 @@ os.write(3, json.dumps({"pid": os.getpid(), "uid": os.getuid(), "net": net}).enc
 def _probe(caps: SandboxCapabilities) -> str | None:
     """Run a tiny program under `caps`; None when it ran confined as promised, else why not."""
     try:
-        out = _run(_PROBE, caps, timeout_s=20.0, memory_mb=256, max_procs=4,
-                   max_output_bytes=4096, files=None)
+        out = _run(_PROBE, caps, timeout_s=20.0, memory_mb=256, max_procs=4, max_output_bytes=4096, files=None)
     except (OSError, SandboxError) as e:
         return str(e)
     r = out.result or {}
-    if out.status != "ok" or (caps.mode != "rlimits" and (r.get("pid") != 2 or r.get("net"))):
+    confined = caps.mode == "rlimits" or (r.get("pid") == 2 and r.get("net") is False)
+    if out.status != "ok" or not confined or (caps.uid_drop and r.get("uid") == 0):
         return f"status={out.status} result={out.result} stderr={out.stderr[-300:]!r}"
-    if caps.uid_drop and r.get("uid") == 0:
-        return "program still ran as uid 0"
     return None
 
 
 def _detect(mode: SandboxMode) -> tuple[SandboxCapabilities | None, str | None]:
     """The capabilities of `mode` here (uid drop when root and it works), or None and why not."""
+    root = _is_root()
     if mode != "rlimits" and not sys.platform.startswith("linux"):
         return None, "namespaces need Linux"
-    root = _is_root()
-    if root and mode == "namespaces" or mode == "rlimits":
-        # Never run model code as real root: as root these modes always drop to a fresh uid.
-        caps = _caps_for(mode, root)
-    elif mode == "userns":
-        caps = _caps_for(mode, False)  # as root only when forced (tests): no process cap
-    else:
+    if mode == "namespaces" and not root:
         return None, "needs root (CAP_SYS_ADMIN); use 'userns'"
+    # Model code never runs as real root: as root, 'namespaces' and 'rlimits' drop to a fresh
+    # uid; 'userns' runs as root only when forced (tests), and then has no process cap.
+    caps = _caps_for(mode, root and mode != "userns")
     why = _probe(caps)
     return (caps, None) if why is None else (None, why)
 
@@ -331,10 +324,7 @@ def _is_root() -> bool:
 
 
 def capabilities(mode: SandboxMode | None = None) -> SandboxCapabilities:
-    """Detect (once, by running probes) the strongest sandbox mode that works here.
-
-    With `mode` given, that mode's capabilities (SandboxError when it cannot work here).
-    """
+    """The strongest sandbox mode that works here (probed once), or `mode`'s; else SandboxError."""
     with _CAPS_LOCK:
         tried: list[str] = []
         auto = ("namespaces", "rlimits") if _is_root() else ("userns", "rlimits")
@@ -358,9 +348,7 @@ def run_sandboxed(source: str, *, timeout_s: float, memory_mb: int, max_procs: i
                   ) -> SandboxResult:
     """Run `source` as a Python program in a fresh sandbox; never leaves files or processes.
 
-    `files` are written next to the program (names only, no '/'); `mode` forces a
-    sandbox mode (tests), otherwise the strongest that works here is used.
-    """
+    `files` are written next to the program (plain names); `mode` forces a mode (tests)."""
     for name in files or {}:
         if not name or "/" in name or name in (".", "..", "main.py"):
             raise ValueError(f"files: {name!r} is not a plain file name; use names like 'data.json'.")
@@ -372,8 +360,9 @@ def _launch_config(caps: SandboxCapabilities, scratch: str, memory_mb: int, max_
                    timeout_s: float, res_fd: int, status_fd: int) -> dict:
     uid = _UID_BASE + secrets.randbelow(1 << 24) if caps.uid_drop else None
     exe = os.path.realpath(sys.executable)
-    roots = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, os.path.dirname(exe))}
-    hide = [d for d in ("/root", "/home") if os.path.isdir(d)]  # hidden, but for the interpreter
+    roots = {os.path.realpath(p) for p in (sys.base_prefix, os.path.dirname(exe))}  # not the venv
+    hide = sorted("/" + d for d in os.listdir("/") if d not in _VISIBLE and os.path.isdir("/" + d)
+                  and not os.path.islink("/" + d))  # repos, data, home dirs: empty, but the interpreter
     cpu_s = int(timeout_s) + 1
     return {
         "mode": caps.mode, "exe": exe, "parent": os.getpid(), "scratch": scratch, "uid": uid, "gid": uid,
@@ -406,6 +395,7 @@ def _run(source: str, caps: SandboxCapabilities, *, timeout_s: float, memory_mb:
     (res_r, res_w), (st_r, st_w) = os.pipe(), os.pipe()
     cfg = _launch_config(caps, "", memory_mb, max_procs, timeout_s, res_w, st_w)
     proc = scratch = None
+    timed_out = True  # until the program's end is seen
     try:
         scratch = cfg["scratch"] = _prepare_scratch(source, files, cfg["uid"], caps.mode)
         proc = subprocess.Popen(
@@ -425,7 +415,7 @@ def _run(source: str, caps: SandboxCapabilities, *, timeout_s: float, memory_mb:
             if fd >= 0:
                 os.close(fd)
         if proc is not None:
-            _kill_group(proc)
+            _finish(proc, timed_out)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     out, err = (bufs[fd].decode("utf-8", "replace") for fd in (out_fd, err_fd))
@@ -467,12 +457,22 @@ def _collect(limits: dict[int, int], done_fd: int, deadline: float
     return {k: bytes(v) for k, v in bufs.items()}, cut, timed_out and not done
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    # The launcher is still unreaped here, so its pid (= the group id) cannot be reused yet.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _finish(proc: subprocess.Popen, timed_out: bool) -> None:
+    """Return only once everything the program started is gone: the launcher reaps init only
+    after the kernel emptied its PID namespace; SIGTERM makes it kill init first; SIGKILL to
+    the group is the last resort (and, without namespaces, the whole cleanup)."""
+    stages = ((None, 0.5),) * (not timed_out) + ((signal.SIGTERM, 2.0), (signal.SIGKILL, None))
+    for sig, wait_s in stages:
+        if sig is not None:
+            try:  # the launcher is unreaped (WNOWAIT), so its pid and group id are not reused
+                os.killpg(proc.pid, sig) if sig == signal.SIGKILL else os.kill(proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        end = time.monotonic() + (wait_s or 0)
+        while wait_s and time.monotonic() < end:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                break
+            time.sleep(0.002)
     proc.wait()
     proc.stdout.close()
     proc.stderr.close()
