@@ -211,16 +211,20 @@ class CodeEnv:
 
     def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
         tests, entry, bad = _read_fields(fields)
+        zero = {"passed": 0.0, "total": float(len(tests)), "all_passed": 0.0}
         if bad:
-            return Score(0.0, {"passed": 0.0, "total": float(len(tests)), "all_passed": 0.0}, bad)
-        solution = extract_solution(response)
-        if solution is None:
-            return Score(0.0, {"passed": 0.0, "total": float(len(tests)), "all_passed": 0.0})
+            return Score(0.0, zero, bad)
         try:
             prepared = [prepare_test(t) for t in tests]
         except SyntaxError as e:
-            return Score(0.0, {"passed": 0.0, "total": float(len(tests)), "all_passed": 0.0},
-                         f"a test in field 'tests' is not valid Python ({e.msg}, line {e.lineno}); fix the dataset")
+            return Score(0.0, zero, f"a test in field 'tests' is not valid Python ({e.msg}, line {e.lineno}); "
+                                    "fix the dataset")
+        if entry is None and any(call_check for _, call_check in prepared):
+            return Score(0.0, zero, "a test defines check(candidate) but never calls it and field "
+                                    "'entry_point' is missing: give the function name in 'entry_point'")
+        solution = extract_solution(response)
+        if solution is None:
+            return Score(0.0, zero)
         calls = [(solution, src, entry, call_check) for src, call_check in prepared]
         try:
             if self.max_parallel == 1 or len(calls) == 1:
@@ -229,7 +233,7 @@ class CodeEnv:
                 with ThreadPoolExecutor(min(self.max_parallel, len(calls))) as pool:
                     results = list(pool.map(lambda c: self.run_test(*c), calls))
         except SandboxError as e:
-            return Score(0.0, {"passed": 0.0, "total": float(len(tests)), "all_passed": 0.0}, str(e))
+            return Score(0.0, zero, str(e))
         passed = sum(results)
         return Score(passed / len(tests), {"passed": float(passed), "total": float(len(tests)),
                                            "all_passed": float(passed == len(tests))})

@@ -110,7 +110,8 @@ def test_script_test_and_helper_names(env):
 def test_missing_entry_point_fails_and_bad_fields_are_errors(env):
     assert score(env, "def plus(a, b):\n    return a + b\n").reward == 0.0
     for fields in ({}, {"tests": []}, {"tests": "assert True"}, {"tests": ["assert ("]},
-                   {"tests": ["assert True"], "entry_point": "not a name"}):
+                   {"tests": ["assert True"], "entry_point": "not a name"},
+                   {"tests": ["def check(candidate):\n    assert candidate(1) == 2\n"]}):
         s = score(env, GOOD, fields)
         assert s.reward == 0.0 and s.error
 
@@ -172,6 +173,8 @@ def test_monkeypatching_does_not_reach_the_test(env):
             "builtins.len = lambda x: 2\nbuiltins.AssertionError = KeyError\n"
             "def f(): return 7.0\ndef g(): return [1, 2, 3]\n")
     assert score(env, code, fields).reward == 0.0
+    fake = "import sys\nclass M:\n    isclose = staticmethod(lambda *a, **k: True)\nsys.modules['math'] = M\ndef f(): return 7.0\n"
+    assert score(env, fake, {"tests": ["import math\nassert math.isclose(f(), 0.5)"]}).reward == 0.0
     shadow = "def len(x): return 2\ndef g(): return [1, 2, 3]\n"  # a solution global named like a builtin
     assert score(env, shadow, {"tests": ["assert len(g()) == 2"]}).reward == 0.0
 
