@@ -58,10 +58,12 @@ def _add_env_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_verify_args(p: argparse.ArgumentParser) -> None:
-    p.description = ("Score a JSONL file of records {\"id\", \"env\", \"prompt\", \"response\", ...env fields}; "
-                     "each output line is the input plus reward, reward_components and error, same order.")
+    p.description = ('Score a JSONL file of records {"id", "env", "prompt", "response", ...env fields}; '
+                     "each output line is the input plus reward, reward_components and error, "
+                     "same order.")
     p.add_argument("--input", required=True, metavar="IN.jsonl", help="records to score ('-' for stdin)")
-    p.add_argument("--output", required=True, metavar="OUT.jsonl", help="where to write them ('-' for stdout)")
+    p.add_argument("--output", required=True, metavar="OUT.jsonl",
+                   help="where to write them ('-' for stdout)")
     _add_env_args(p)
 
 
@@ -117,8 +119,8 @@ def _verify(args: argparse.Namespace) -> int:
     from nemo_rlvr.envs.records import RecordError, failed_record, parse_line
 
     if args.input != "-" and not os.path.isfile(args.input):
-        raise UsageError(f"--input {args.input!r} does not exist or is not a file. Pass a JSONL file "
-                         f"with one record {{\"id\", \"env\", \"prompt\", \"response\", ...env fields}} per line.")
+        raise UsageError(f"--input {args.input!r} does not exist or is not a file. Pass a JSONL file with "
+                         f'one record {{"id", "env", "prompt", "response", ...env fields}} per line.')
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if args.output != "-" and not os.path.isdir(out_dir):
         raise UsageError(f"--output {args.output!r}: folder {out_dir!r} does not exist. Create it first, "

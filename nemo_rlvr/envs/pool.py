@@ -499,7 +499,8 @@ class VerifierPool:
                                  name="verifier-worker", daemon=False)
         proc.start()
         child.close()
-        w = _Worker(proc, parent, spawned_at=time.monotonic(), spawned_wall=time.time(), readable=select.poll())
+        w = _Worker(proc, parent, spawned_at=time.monotonic(), spawned_wall=time.time(),
+                    readable=select.poll())
         w.readable.register(parent.fileno(), select.POLLIN)
         for fd in (parent.fileno(), proc.sentinel):
             self._poll.register(fd, select.POLLIN)

@@ -135,7 +135,10 @@ class RemoteScorer:
 
 def _parse_scores(body: Any, n: int) -> list[Score]:
     recs = body["records"]
-    if not isinstance(recs, list) or len(recs) != n:
-        raise ValueError(f"expected {n} records, got {len(recs) if isinstance(recs, list) else type(recs).__name__}")
-    return [Score(float(r["reward"]), {str(k): float(v) for k, v in (r.get("reward_components") or {}).items()},
+    if not isinstance(recs, list):
+        raise ValueError(f"'records' is a {type(recs).__name__}, not a list")
+    if len(recs) != n:
+        raise ValueError(f"expected {n} records, got {len(recs)}")
+    return [Score(float(r["reward"]),
+                  {str(k): float(v) for k, v in (r.get("reward_components") or {}).items()},
                   r.get("error")) for r in recs]

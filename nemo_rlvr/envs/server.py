@@ -162,7 +162,8 @@ def _prompt_text(params: dict[str, Any]) -> str:
     if isinstance(inp, str):
         return inp
     if isinstance(inp, list):
-        return "\n".join(str(m.get("content")) for m in inp if isinstance(m, dict) and m.get("role") == "user")
+        users = [m for m in inp if isinstance(m, dict) and m.get("role") == "user"]
+        return "\n".join(str(m.get("content")) for m in users)
     return ""
 
 

@@ -30,6 +30,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def gym_body(text: str, **fields) -> dict:
     """A NeMo Gym BaseVerifyRequest as its resource servers receive it."""
     return {
@@ -52,8 +59,8 @@ def server():
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nemo_rlvr.envs.cli", "serve-env", "--env", "arithmetic", "--env-module", MODULE,
-         "--port", str(port), "--workers", "2", "--timeout-s", "0.5"],
+        [sys.executable, "-m", "nemo_rlvr.envs.cli", "serve-env", "--env", "arithmetic",
+         "--env-module", MODULE, "--port", str(port), "--workers", "2", "--timeout-s", "0.5"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -75,7 +82,8 @@ def server():
 
 def test_health(server):
     url, _ = server
-    assert httpx.get(url + "/health").json() == {"status": "ok", "env": "arithmetic", "workers": 2, "remote": None}
+    health = httpx.get(url + "/health").json()
+    assert health == {"status": "ok", "env": "arithmetic", "workers": 2, "remote": None}
 
 
 def test_single_record(server):
@@ -110,7 +118,8 @@ def test_nemo_gym_shape(server):
     wrong = httpx.post(url + "/verify", json=gym_body("5", answer=4)).json()
     assert wrong["reward"] == 0.0
     missing = httpx.post(url + "/verify", json=gym_body("4")).json()  # no `answer` env field
-    assert missing["reward"] == 0.0 and missing["failure_reason"] == missing["error"] == "missing env field 'answer'"
+    assert missing["reward"] == 0.0
+    assert missing["failure_reason"] == missing["error"] == "missing env field 'answer'"
 
 
 @pytest.mark.parametrize("payload, status, needle", [
@@ -122,7 +131,8 @@ def test_nemo_gym_shape(server):
     (b'{"records": [{"response": "1"}, {"id": 2}]}', 422, "records[1]: the record has no 'response' field"),
     (b'{"response": {"output": []}, "answer": 1}', 422, "'responses_create_params' is required"),
     (b'{"responses_create_params": {"input": "hi"}, "response": {"id": "r"}}', 422, "'output' list"),
-    (b'{"responses_create_params": {}, "response": {"output": ["x"]}}', 422, "response.output[0] must be an object"),
+    (b'{"responses_create_params": {}, "response": {"output": ["x"]}}', 422,
+     "response.output[0] must be an object"),
 ])
 def test_bad_requests_name_the_field(server, payload, status, needle):
     url, _ = server
@@ -134,15 +144,18 @@ def test_bad_requests_name_the_field(server, payload, status, needle):
 def test_concurrent_single_requests(server):
     url, _ = server
     with httpx.Client() as client, concurrent.futures.ThreadPoolExecutor(16) as ex:
-        outs = list(ex.map(lambda i: client.post(url + "/verify", json={"id": i, "response": str(i), "answer": i}).json(),
-                           range(64)))
+        def post(i: int) -> dict:
+            return client.post(url + "/verify", json={"id": i, "response": str(i), "answer": i}).json()
+
+        outs = list(ex.map(post, range(64)))
     assert [(o["id"], o["reward"]) for o in outs] == [(i, 1.0) for i in range(64)]
 
 
 def test_metrics_accumulate(server):
     url, _ = server
     before = httpx.get(url + "/metrics").json()
-    httpx.post(url + "/verify", json={"records": [{"response": "1", "answer": 1}, {"env": "test_raise", "response": "x"}]})
+    batch = [{"response": "1", "answer": 1}, {"env": "test_raise", "response": "x"}]
+    httpx.post(url + "/verify", json={"records": batch})
     after = httpx.get(url + "/metrics").json()
     assert after["verifier/samples"] - before["verifier/samples"] == 2
     assert after["verifier/errors"] - before["verifier/errors"] == 1
@@ -187,12 +200,13 @@ def test_remote_scorer_does_not_retry_a_4xx(server):
 def test_response_text_joins_messages_and_converts_function_calls():
     output = [
         {"type": "reasoning", "summary": []},
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me call it."}]},
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "output_text", "text": "Let me call it."}]},
         {"type": "function_call", "name": "get_weather", "arguments": '{"city": "Paris"}', "call_id": "c1"},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "ignored"}]},
     ]
-    assert response_text(output) == ('Let me call it.\n'
-                                     '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>')
+    assert response_text(output) == (
+        'Let me call it.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>')
 
 
 def test_shutdown_leaves_no_workers():
@@ -213,6 +227,7 @@ def test_shutdown_leaves_no_workers():
     assert len(descendants) >= 3  # forkserver + 2 workers (+ resource tracker)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 0
-    time.sleep(0.2)
-    alive = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert alive == []
+    deadline = time.monotonic() + 10  # the forkserver and resource tracker exit on their own
+    while (alive := [p for p in descendants if running(p)]):
+        assert time.monotonic() < deadline, f"still running after the server exited: {alive}"
+        time.sleep(0.05)

@@ -50,7 +50,8 @@ def test_subprocess_scores_good_and_malformed_lines_in_order(tmp_path):
     assert out[0] == {"id": "a", "prompt": "1+1", "response": "2", "answer": 2, "reward": 1.0,
                       "reward_components": {"correct": 1.0}, "error": None}
     assert out[1]["extra"] == [1, 2] and out[1]["error"] is None  # extra fields kept
-    assert out[2]["raw"] == "this is not json" and out[2]["error"].startswith("line 3: the line is not valid JSON")
+    assert out[2]["raw"] == "this is not json"
+    assert out[2]["error"].startswith("line 3: the line is not valid JSON")
     assert out[3]["raw"] == "[1, 2]" and "JSON array, not an object" in out[3]["error"]
     assert out[4]["error"].startswith("line 6: the record has no 'response' field")
     assert out[5]["error"] == "ValueError: bad response 'x'"
@@ -61,7 +62,8 @@ def test_subprocess_scores_good_and_malformed_lines_in_order(tmp_path):
 
 
 def test_subprocess_missing_input_exits_2_naming_the_flag(tmp_path):
-    r = run_cli("--env", "arithmetic", "--input", str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "o"))
+    r = run_cli("--env", "arithmetic", "--input", str(tmp_path / "nope.jsonl"),
+                "--output", str(tmp_path / "o"))
     assert r.returncode == 2
     assert "--input" in r.stderr and "does not exist" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
@@ -78,7 +80,8 @@ def test_subprocess_unknown_env_exits_2(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["--env-module", "no_such_pkg.envs"], "--env-module 'no_such_pkg.envs' could not be imported"),
-    (["--output", "/no/such/dir/out.jsonl"], "--output '/no/such/dir/out.jsonl': folder '/no/such/dir' does not exist"),
+    (["--output", "/no/such/dir/out.jsonl"],
+     "--output '/no/such/dir/out.jsonl': folder '/no/such/dir' does not exist"),
 ])
 def test_usage_errors_exit_2(tmp_path, capsys, args, needle):
     src = tmp_path / "in.jsonl"
@@ -94,7 +97,8 @@ def test_streams_many_batches_in_order_inline(tmp_path, capsys):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     lines = [json.dumps({"id": i, "response": str(i % 7), "answer": 3}) for i in range(700)]  # > 2 batches
     src.write_text("\n".join(lines) + "\n")
-    assert main(["verify", "--env", "arithmetic", "--input", str(src), "--output", str(dst), "--workers", "0"]) == 0
+    argv = ["verify", "--env", "arithmetic", "--input", str(src), "--output", str(dst), "--workers", "0"]
+    assert main(argv) == 0
     out = [json.loads(x) for x in dst.read_text().splitlines()]
     assert [o["id"] for o in out] == list(range(700))
     assert [o["reward"] for o in out] == [float(i % 7 == 3) for i in range(700)]
