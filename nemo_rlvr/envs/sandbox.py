@@ -90,7 +90,11 @@ def make_readonly():
 
 def setup_fs(uid, gid):
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
-    src = os.open(C["scratch"], os.O_RDONLY | os.O_DIRECTORY)
+    files = {}
+    for name in os.listdir(C["scratch"]):  # taken off the host: nothing left if the verifier dies
+        with open(os.path.join(C["scratch"], name), "rb") as f:
+            files[name] = f.read()
+        os.unlink(os.path.join(C["scratch"], name))
     keep = [(p, os.open(p, os.O_PATH)) for p in C["reexpose"]]
     make_readonly()
     tmp = "size=%dm,mode=700,uid=%d,gid=%d" % (C["tmp_mb"], uid, gid)
@@ -106,10 +110,9 @@ def setup_fs(uid, gid):
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError:  # a user namespace may not mount proc: show none at all
         mount("tmpfs", "/proc", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k")
-    for name in os.listdir(src):
-        fd = os.open(name, os.O_RDONLY, dir_fd=src)
-        with os.fdopen(fd, "rb") as f, open("/tmp/" + name, "wb") as out:
-            out.write(f.read())
+    for name, data in files.items():
+        with open("/tmp/" + name, "wb") as out:
+            out.write(data)
         os.chown("/tmp/" + name, uid, gid)
         os.chmod("/tmp/" + name, 0o600)
 
@@ -261,10 +264,11 @@ class SandboxError(RuntimeError):
 
 
 _CAPS_LOCK = threading.Lock()
+_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def _caps_for(mode: SandboxMode, uid_drop: bool) -> SandboxCapabilities:
-    ns, root, linux = mode != "rlimits", _is_root(), sys.platform.startswith("linux")
+    ns, root, linux = mode != "rlimits", _ROOT, sys.platform.startswith("linux")
     # RLIMIT_NPROC never binds uid 0, nor the root of a user namespace mapped onto uid 0
     cap = "exact" if uid_drop or (mode == "userns" and not root) else "shared" if linux and not root else "none"
     warning = None  # namespaces + uid drop: the full set
@@ -304,39 +308,35 @@ def _probe(caps: SandboxCapabilities) -> str | None:
 
 def _detect(mode: SandboxMode) -> tuple[SandboxCapabilities | None, str | None]:
     """The capabilities of `mode` here (uid drop when root and it works), or None and why not."""
-    root = _is_root()
     if mode != "rlimits" and not sys.platform.startswith("linux"):
         return None, "namespaces need Linux"
-    if mode == "namespaces" and not root:
+    if mode == "namespaces" and not _ROOT:
         return None, "needs root (CAP_SYS_ADMIN); use 'userns'"
     # Model code never runs as real root: as root, 'namespaces' and 'rlimits' drop to a fresh
     # uid; 'userns' runs as root only when forced (tests), and then has no process cap.
-    caps = _caps_for(mode, root and mode != "userns")
+    caps = _caps_for(mode, _ROOT and mode != "userns")
     why = _probe(caps)
     return (caps, None) if why is None else (None, why)
 
 
 _BY_MODE: dict[str, SandboxCapabilities | None] = {}
-
-
-def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
+_WHY: dict[str, tuple[float, str | None]] = {}  # when a mode was probed, and why it failed
 
 
 def capabilities(mode: SandboxMode | None = None) -> SandboxCapabilities:
     """The strongest sandbox mode that works here (probed once), or `mode`'s; else SandboxError."""
     with _CAPS_LOCK:
         tried: list[str] = []
-        auto = ("namespaces", "rlimits") if _is_root() else ("userns", "rlimits")
+        auto = ("namespaces", "rlimits") if _ROOT else ("userns", "rlimits")
         for m in ((mode,) if mode else auto):
-            if m not in _BY_MODE:
-                _BY_MODE[m], why = _detect(m)
-                if _BY_MODE[m] is None:
-                    tried.append(f"{m}: {why}")
-                elif _BY_MODE[m].warning and mode is None:
+            if m not in _BY_MODE or (_BY_MODE[m] is None and time.monotonic() - _WHY[m][0] > 60):
+                _BY_MODE[m], why = _detect(m)  # a failed probe is retried after a minute
+                _WHY[m] = (time.monotonic(), why)
+                if _BY_MODE[m] is not None and _BY_MODE[m].warning and mode is None:
                     log.warning("%s%s", _BY_MODE[m].warning, f" (tried: {'; '.join(tried)})" if tried else "")
             if _BY_MODE[m] is not None:
                 return _BY_MODE[m]
+            tried.append(f"{m}: {_WHY[m][1]}")
         raise SandboxError(
             f"no sandbox mode works here ({'; '.join(tried) or mode}). Model-written code is never "
             "run as root without isolation: allow namespaces (unshare) for root, or make the Python "
