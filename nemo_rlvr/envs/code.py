@@ -217,8 +217,8 @@ class CodeEnv:
         try:
             prepared = [prepare_test(t) for t in tests]
         except SyntaxError as e:
-            return Score(0.0, zero, f"a test in field 'tests' is not valid Python ({e.msg}, line {e.lineno}); "
-                                    "fix the dataset")
+            return Score(0.0, zero, f"a test in field 'tests' is not valid Python ({e.msg}, line "
+                                    f"{e.lineno}); fix the dataset")
         if entry is None and any(call_check for _, call_check in prepared):
             return Score(0.0, zero, "a test defines check(candidate) but never calls it and field "
                                     "'entry_point' is missing: give the function name in 'entry_point'")

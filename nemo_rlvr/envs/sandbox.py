@@ -45,7 +45,7 @@ SandboxStatus = Literal["ok", "error", "timeout", "oom", "killed"]
 _UID_BASE = 0x70000000  # per-run uids are drawn from [_UID_BASE, _UID_BASE + 2**24)
 _RESULT_MAX = 1 << 20
 _GRACE_S = 0.2  # after the program's exit is reported, how long its last output may take
-_VISIBLE = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin", "sys", "tmp", "usr", "var"}
+_VISIBLE = frozenset("bin dev etc lib lib32 lib64 libx32 proc run sbin sys tmp usr var".split())
 
 # The launcher runs in a fresh `python -I -S` (no site-packages, no environment), so it
 # may import only the standard library; it avoids json/re to start fast. argv[1] is its
@@ -270,7 +270,8 @@ _ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 def _caps_for(mode: SandboxMode, uid_drop: bool) -> SandboxCapabilities:
     ns, root, linux = mode != "rlimits", _ROOT, sys.platform.startswith("linux")
     # RLIMIT_NPROC never binds uid 0, nor the root of a user namespace mapped onto uid 0
-    cap = "exact" if uid_drop or (mode == "userns" and not root) else "shared" if linux and not root else "none"
+    exact = uid_drop or (mode == "userns" and not root)
+    cap = "exact" if exact else "shared" if linux and not root else "none"
     warning = None  # namespaces + uid drop: the full set
     if mode == "userns":
         warning = ("sandbox mode 'userns': programs run as the verifier's user (root without "
@@ -296,7 +297,7 @@ os.write(3, json.dumps({"pid": os.getpid(), "uid": os.getuid(), "net": net}).enc
 def _probe(caps: SandboxCapabilities) -> str | None:
     """Run a tiny program under `caps`; None when it ran confined as promised, else why not."""
     try:
-        out = _run(_PROBE, caps, timeout_s=20.0, memory_mb=256, max_procs=4, max_output_bytes=4096, files=None)
+        out = _run(_PROBE, caps, timeout_s=20.0, memory_mb=256, max_procs=4, max_output_bytes=4096)
     except (OSError, SandboxError) as e:
         return str(e)
     r = out.result or {}
@@ -368,7 +369,7 @@ def _launch_config(caps: SandboxCapabilities, scratch: str, memory_mb: int, max_
         "mode": caps.mode, "exe": exe, "parent": os.getpid(), "scratch": scratch, "uid": uid, "gid": uid,
         "res_fd": res_fd, "status_fd": status_fd, "tmp_mb": max(16, memory_mb // 4),
         "hide": hide, "reexpose": sorted(p for p in roots if any(p.startswith(d + "/") for d in hide)),
-        "nproc": max_procs + (1 if caps.mode == "userns" else 0),  # userns: init counts too
+        "nproc": max_procs + (2 if caps.mode == "userns" else 0),  # userns: launcher and init count too
         "rlimits": [
             ["RLIMIT_AS", memory_mb << 20, memory_mb << 20], ["RLIMIT_CPU", cpu_s, cpu_s + 1],
             ["RLIMIT_FSIZE", 64 << 20, 64 << 20], ["RLIMIT_CORE", 0, 0], ["RLIMIT_NOFILE", 256, 256],
@@ -390,7 +391,7 @@ def _prepare_scratch(source: str, files: dict[str, str | bytes] | None, uid: int
 
 
 def _run(source: str, caps: SandboxCapabilities, *, timeout_s: float, memory_mb: int, max_procs: int,
-         max_output_bytes: int, files: dict[str, str | bytes] | None) -> SandboxResult:
+         max_output_bytes: int, files: dict[str, str | bytes] | None = None) -> SandboxResult:
     t0 = time.monotonic()
     (res_r, res_w), (st_r, st_w) = os.pipe(), os.pipe()
     cfg = _launch_config(caps, "", memory_mb, max_procs, timeout_s, res_w, st_w)
@@ -458,9 +459,8 @@ def _collect(limits: dict[int, int], done_fd: int, deadline: float
 
 
 def _finish(proc: subprocess.Popen, timed_out: bool) -> None:
-    """Return only once everything the program started is gone: the launcher reaps init only
-    after the kernel emptied its PID namespace; SIGTERM makes it kill init first; SIGKILL to
-    the group is the last resort (and, without namespaces, the whole cleanup)."""
+    """Return once all the program started is gone: the launcher reaps init only after the kernel
+    emptied its PID namespace; SIGTERM makes it kill init; SIGKILL to the group is the last resort."""
     stages = ((None, 0.5),) * (not timed_out) + ((signal.SIGTERM, 2.0), (signal.SIGKILL, None))
     for sig, wait_s in stages:
         if sig is not None:

@@ -104,7 +104,8 @@ def test_humaneval_check_function_and_builtin_value_semantics(env):
 def test_script_test_and_helper_names(env):
     fields = {"tests": ["import io, contextlib\nbuf = io.StringIO()\nwith contextlib.redirect_stdout(buf):\n"
                         "    main()\nassert buf.getvalue() == 'hello\\n'\n"]}
-    assert score(env, "def helper():\n    return 'hello'\ndef main():\n    print(helper())\n", fields).reward == 1.0
+    code = "def helper():\n    return 'hello'\ndef main():\n    print(helper())\n"
+    assert score(env, code, fields).reward == 1.0
 
 
 def test_missing_entry_point_fails_and_bad_fields_are_errors(env):
@@ -121,8 +122,8 @@ def test_missing_entry_point_fails_and_bad_fields_are_errors(env):
 def test_infinite_loop_fails_only_its_test(env):
     fields = {"tests": ["assert f(0) == 0", "assert f(1) == 1", "assert f(2) == 2"]}
     t0 = time.monotonic()
-    s = score(CodeEnv(timeout_s=1.5, memory_mb=256), "def f(x):\n    while x == 1:\n        pass\n    return x\n",
-              fields)
+    code = "def f(x):\n    while x == 1:\n        pass\n    return x\n"
+    s = score(CodeEnv(timeout_s=1.5, memory_mb=256), code, fields)
     assert s.reward == pytest.approx(2 / 3)
     assert time.monotonic() - t0 < 6.0
 
@@ -149,7 +150,8 @@ def test_early_exit_scores_zero(env):
 def test_fake_output_and_forged_result_score_zero(env):
     for code in ("print('all tests passed')\nprint('{\"passed\": true}')\n",
                  "import os\nos.write(3, b'{\"passed\": true}')\nos._exit(0)\n",
-                 "import os, sys\nfor fd in (1, 2, 3):\n    os.write(fd, b'{\"nonce\": \"0\", \"passed\": true}')\nsys.exit(0)\n"):
+                 "import os, sys\nfor fd in (1, 2, 3):\n"
+                 "    os.write(fd, b'{\"nonce\": \"0\", \"passed\": true}')\nsys.exit(0)\n"):
         assert score(env, code).reward == 0.0, code
 
 
@@ -162,7 +164,8 @@ def test_always_equal_objects_score_zero(env):
     ):
         assert score(env, code).reward == 0.0, code
     fields = {"tests": ["assert f() in [1, 2]", "assert [f()] == [3]", "assert {'k': f()} == {'k': 3}"]}
-    eq = "class E:\n    def __eq__(self, o): return True\n    __hash__ = object.__hash__\ndef f(): return E()\n"
+    eq = ("class E:\n    def __eq__(self, o): return True\n    __hash__ = object.__hash__\n"
+          "def f(): return E()\n")
     assert score(env, eq, fields).reward == 0.0
 
 
@@ -173,7 +176,8 @@ def test_monkeypatching_does_not_reach_the_test(env):
             "builtins.len = lambda x: 2\nbuiltins.AssertionError = KeyError\n"
             "def f(): return 7.0\ndef g(): return [1, 2, 3]\n")
     assert score(env, code, fields).reward == 0.0
-    fake = "import sys\nclass M:\n    isclose = staticmethod(lambda *a, **k: True)\nsys.modules['math'] = M\ndef f(): return 7.0\n"
+    fake = ("import sys\nclass M:\n    isclose = staticmethod(lambda *a, **k: True)\n"
+            "sys.modules['math'] = M\ndef f(): return 7.0\n")
     assert score(env, fake, {"tests": ["import math\nassert math.isclose(f(), 0.5)"]}).reward == 0.0
     shadow = "def len(x): return 2\ndef g(): return [1, 2, 3]\n"  # a solution global named like a builtin
     assert score(env, shadow, {"tests": ["assert len(g()) == 2"]}).reward == 0.0
@@ -221,8 +225,10 @@ def test_socket_to_local_port_fails(env):
 
 
 def test_killing_its_parent_does_not_stop_scoring(env):
-    pids = "(os.getppid(), 1, -1)" if capabilities().pid_namespace else "(os.getppid(),)"  # -1: see sandbox test
-    code = f"import os\nfor pid in {pids}:\n    try:\n        os.kill(pid, 9)\n    except OSError:\n        pass\n"
+    # kill(-1) only inside a PID namespace (see the sandbox test)
+    pids = "(os.getppid(), 1, -1)" if capabilities().pid_namespace else "(os.getppid(),)"
+    code = (f"import os\nfor pid in {pids}:\n"
+            "    try:\n        os.kill(pid, 9)\n    except OSError:\n        pass\n")
     score(env, code + GOOD)  # whatever it scores, the verifier goes on
     assert score(env, GOOD).reward == 1.0
 

@@ -115,7 +115,8 @@ def test_timeout_kills_the_whole_tree_even_setsid_children():
 @isolated
 def test_background_children_die_when_the_program_exits():
     marker = f"nemo_marker_{uuid.uuid4().hex}"
-    src = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(100)', '{marker}'])\n"
+    src = ("import subprocess, sys\n"
+           f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(100)', '{marker}'])\n")
     t0 = time.monotonic()
     assert run(src).status == "ok"
     assert time.monotonic() - t0 < 3.0 and _pids_with(marker) == []
@@ -176,7 +177,8 @@ def test_writes_never_reach_the_host():
 
 @isolated
 def test_repo_and_home_dirs_are_hidden():
-    src = f"import os, json\nos.write(3, json.dumps([os.listdir(p) for p in ({str(REPO)!r}, '/root')]).encode())"
+    src = ("import os, json\n"
+           f"os.write(3, json.dumps([os.listdir(p) for p in ({str(REPO)!r}, '/root')]).encode())")
     r = run(src)
     assert r.status == "error" or r.result == [[], [".pyenv"]] or r.result[0] == []
 
@@ -217,7 +219,9 @@ def test_no_network_not_even_loopback():
     src = (
         "import json, os, socket\n"
         "out = {}\n"
-        f"for name, fam, addr in [('tcp', socket.AF_INET, ('127.0.0.1', {port})), ('unix', socket.AF_UNIX, {abstract!r})]:\n"
+        f"targets = [('tcp', socket.AF_INET, ('127.0.0.1', {port})),\n"
+        f"           ('unix', socket.AF_UNIX, {abstract!r})]\n"
+        "for name, fam, addr in targets:\n"
         "    s = socket.socket(fam)\n"
         "    s.settimeout(1.0)\n"
         "    try:\n"
@@ -240,7 +244,8 @@ def test_no_network_not_even_loopback():
 def test_killing_its_parent_does_not_stop_the_verifier(mode):
     # kill(-1) only inside a PID namespace: elsewhere it would reach this user's processes
     pids = "(os.getppid(), 1, -1, 0)" if capabilities(mode).pid_namespace else "(os.getppid(), 0)"
-    src = f"import os\nfor pid in {pids}:\n    try:\n        os.kill(pid, 9)\n    except OSError:\n        pass\n"
+    src = (f"import os\nfor pid in {pids}:\n"
+           "    try:\n        os.kill(pid, 9)\n    except OSError:\n        pass\n")
     run(src, mode=mode, timeout_s=2.0)
     r = run("import os; os.write(3, b'{\"alive\": true}')", mode=mode)  # the next run still works
     assert r.result == {"alive": True}
@@ -248,7 +253,8 @@ def test_killing_its_parent_does_not_stop_the_verifier(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_output_is_bounded_and_stdin_closed(mode):
-    src = "import sys\nassert sys.stdin.read() == ''\nfor _ in range(2000): sys.stdout.write('x' * 65536)\nprint('done')\n"
+    src = ("import sys\nassert sys.stdin.read() == ''\n"
+           "for _ in range(2000): sys.stdout.write('x' * 65536)\nprint('done')\n")
     r = run(src, mode=mode, max_output_bytes=1000)
     assert r.status == "ok" and r.truncated and r.stdout == "x" * 1000
 
@@ -262,8 +268,10 @@ def test_files_are_given_to_the_program_and_removed_after():
 
 def test_runs_concurrently_from_threads():
     out: list = []
-    threads = [threading.Thread(target=lambda i=i: out.append(run(f"import os; os.write(3, b'{{\"i\": {i}}}')")))
-               for i in range(4)]
+    def one(i: int) -> None:
+        out.append(run(f"import os; os.write(3, b'{{\"i\": {i}}}')"))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
