@@ -21,7 +21,8 @@ from torch import Tensor
 from nemo_rlvr.algorithms.losses import clipped_pg_loss, entropy_from_logits, masked_mean, truncated_is_weights
 from nemo_rlvr.config import AlgorithmConfig, LearnerConfig
 from nemo_rlvr.learner.packing import TrainBatch, micro_batches
-from nemo_rlvr.rollout.base import WeightBucket, pack_buckets
+from nemo_rlvr.rollout.base import WeightBucket
+from nemo_rlvr.rollout.weight_sync import pack_buckets
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ contract suite in tests/integration/test_generator_contract.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -67,6 +67,7 @@ class WeightBucket:
 
     `data` is a 1-D tensor or numpy array (numpy travels zero-copy through Ray's
     shared-memory object store); `names/shapes/offsets` locate each parameter in it.
+    Packing and reading: rollout/weight_sync.py.
     """
 
     names: tuple[str, ...]
@@ -76,54 +77,6 @@ class WeightBucket:
     dtype: str
     data: Any
 
-    def tensors(self) -> Iterable[tuple[str, Any]]:
-        """Yield (name, tensor view) pairs; views share memory with `data`."""
-        import numpy as np
-        import torch
-
-        flat = torch.from_numpy(self.data) if isinstance(self.data, np.ndarray) else self.data
-        for name, shape, off in zip(self.names, self.shapes, self.offsets):
-            numel = 1
-            for d in shape:
-                numel *= d
-            yield name, flat[off : off + numel].view(shape)
-
-
-def pack_buckets(named: Iterable[tuple[str, Any]], bucket_bytes: int) -> list[WeightBucket]:
-    """Pack (name, tensor) pairs into flat numpy buckets of about `bucket_bytes` each.
-
-    One bucket per dtype run; a parameter larger than a bucket gets a bucket of its own.
-    numpy buffers travel zero-copy through Ray's shared-memory object store.
-    """
-    import torch
-
-    buckets: list[WeightBucket] = []
-    pending: list[tuple[str, Any]] = []
-    size = 0
-
-    def flush() -> None:
-        nonlocal pending, size
-        if not pending:
-            return
-        flat = torch.cat([t.detach().reshape(-1) for _, t in pending]).cpu()
-        offsets, off = [], 0
-        for _, t in pending:
-            offsets.append(off)
-            off += t.numel()
-        buckets.append(WeightBucket(
-            names=tuple(n for n, _ in pending), shapes=tuple(tuple(t.shape) for _, t in pending),
-            offsets=tuple(offsets), dtype=str(flat.dtype).removeprefix("torch."),
-            data=flat.numpy() if flat.dtype != torch.bfloat16 else flat))
-        pending, size = [], 0
-
-    for name, t in named:
-        nbytes = t.numel() * t.element_size()
-        if pending and (size + nbytes > bucket_bytes or pending[0][1].dtype != t.dtype):
-            flush()
-        pending.append((name, t))
-        size += nbytes
-    flush()
-    return buckets
 
 
 class Generator(Protocol):

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from nemo_rlvr.rollout.base import Prompt, Sample, SamplingParams, WeightBucket
+from nemo_rlvr.rollout.weight_sync import iter_bucket_tensors
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +113,12 @@ class HFGenerator:
     @torch.no_grad()
     def load_weights(self, buckets: Sequence[WeightBucket]) -> dict[str, float]:
         t0, nbytes = time.perf_counter(), 0
-        for bucket in buckets:
-            for name, tensor in bucket.tensors():
-                param = self._params.get(name)
-                if param is None:
-                    raise KeyError(f"weight sync: generator has no parameter {name!r}")
-                param.data.copy_(tensor, non_blocking=True)
-                nbytes += tensor.numel() * tensor.element_size()
+        for name, tensor in iter_bucket_tensors(buckets):
+            param = self._params.get(name)
+            if param is None:
+                raise KeyError(f"weight sync: generator has no parameter {name!r}")
+            param.data.copy_(tensor, non_blocking=True)
+            nbytes += tensor.numel() * tensor.element_size()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return {"weight_sync/bytes": float(nbytes), "weight_sync/apply_s": time.perf_counter() - t0}

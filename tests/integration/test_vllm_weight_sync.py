@@ -90,11 +90,3 @@ def test_weight_meta_and_errors():
         pack_buckets(_params(), bucket_bytes=0)
     with pytest.raises(TypeError, match="int64"):
         pack_buckets([("i", torch.arange(3))], bucket_bytes=100)
-
-
-def test_hf_generator_accepts_fp32_buckets():
-    """WeightBucket.tensors() (base.py) and iter_bucket_tensors agree on fp32 buckets."""
-    buckets = pack_buckets(_params()[:3], bucket_bytes=600)
-    for b in buckets:
-        assert [(n, t.tolist()) for n, t in b.tensors()] == \
-            [(n, t.tolist()) for n, t in iter_bucket_tensors([b])]
