@@ -123,9 +123,9 @@ def test_infinite_loop_fails_only_its_test(env):
     fields = {"tests": ["assert f(0) == 0", "assert f(1) == 1", "assert f(2) == 2"]}
     t0 = time.monotonic()
     code = "def f(x):\n    while x == 1:\n        pass\n    return x\n"
-    s = score(CodeEnv(timeout_s=1.5, memory_mb=256), code, fields)
+    s = score(CodeEnv(timeout_s=2.5, memory_mb=256), code, fields)
     assert s.reward == pytest.approx(2 / 3)
-    assert time.monotonic() - t0 < 6.0
+    assert time.monotonic() - t0 < 10.0
 
 
 @linux

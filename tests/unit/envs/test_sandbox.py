@@ -93,7 +93,7 @@ def test_infinite_loop_is_killed_at_the_limit(mode):
     t0 = time.monotonic()
     r = run("while True: pass", mode=mode, timeout_s=1.0)
     assert r.status == "timeout" and r.result is None
-    assert time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 < 4.0  # limit + teardown, on a loaded machine
 
 
 @isolated
@@ -119,7 +119,7 @@ def test_background_children_die_when_the_program_exits():
            f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(100)', '{marker}'])\n")
     t0 = time.monotonic()
     assert run(src).status == "ok"
-    assert time.monotonic() - t0 < 3.0 and _pids_with(marker) == []
+    assert time.monotonic() - t0 < 5.0 and _pids_with(marker) == []
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is not enforced on macOS")
@@ -148,7 +148,7 @@ def test_fork_flood_hits_the_process_cap(mode):
     r = run(src, mode=mode, max_procs=10)
     assert r.status == "ok" and r.result is not None
     assert r.result["forks"] <= 10  # the program itself counts as one
-    assert time.monotonic() - t0 < 4.0
+    assert time.monotonic() - t0 < 8.0
 
 
 @isolated
