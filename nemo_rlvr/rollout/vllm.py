@@ -31,6 +31,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from nemo_rlvr.rollout.base import Prompt, Sample, SamplingParams, WeightBucket
@@ -55,6 +56,32 @@ def request_seed(seed: int, prompt_index: int, sample_index: int, n: int) -> int
     return (seed * 1_000_003 + prompt_index * n + sample_index) % (2**63 - 1)
 
 
+MAX_MODEL_LEN_CAP = 4096
+"""Default cap on prompt + response tokens: vLLM reserves KV cache for one sequence of
+max_model_len at start-up, and RL prompts + responses here are short; pass more explicitly."""
+
+
+def default_max_model_len(model_path: str) -> int | None:
+    import json
+
+    try:
+        cfg = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    n = cfg.get("max_position_embeddings")
+    return min(int(n), MAX_MODEL_LEN_CAP) if n else None
+
+
+def _resolve_refs(items: Sequence[Any]) -> list[Any]:
+    try:
+        import ray
+    except ImportError:
+        return list(items)
+    if any(isinstance(x, ray.ObjectRef) for x in items):
+        return ray.get(list(items))
+    return list(items)
+
+
 class VLLMGenerator:
     """vLLM engine over a local Hugging Face folder; the Generator protocol plus weight-sync hooks.
 
@@ -74,6 +101,8 @@ class VLLMGenerator:
         self.on_gpu = torch.cuda.is_available() if device == "auto" else device == "cuda"
         self.placement = placement
         self.weight_transfer_buffer_bytes = int(weight_transfer_buffer_mb * 2**20)
+        if max_model_len is None:
+            max_model_len = default_max_model_len(model_path)
         kwargs: dict[str, Any] = dict(
             model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
             enforce_eager=True, logprobs_mode="processed_logprobs",
@@ -155,8 +184,13 @@ class VLLMGenerator:
     # ------------------------------------------------------------------ weights
 
     def load_weights(self, buckets: Sequence[WeightBucket]) -> dict[str, float]:
-        """Replace the weights from buckets (numpy/CPU tensors, or CUDA IPC handles)."""
+        """Replace the weights from buckets (numpy/CPU tensors, or CUDA IPC handles).
+
+        Items may also be Ray ObjectRefs of buckets (a list of refs is not resolved by
+        Ray itself); their numpy buffers are then read zero-copy from the object store.
+        """
         t0 = time.perf_counter()
+        buckets = _resolve_refs(buckets)
         nbytes = sum(bucket_nbytes(b) for b in buckets)
         if any(isinstance(b.data, IpcBuffer) for b in buckets):
             if not (self.on_gpu and self.placement == "colocated"):
