@@ -395,8 +395,8 @@ class VerifierPool:
         """Pickle a chunk; samples that cannot be pickled are scored 0 here and left out."""
         try:
             return pickle.dumps([b.items[i] for i in ids], protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            pass
+        except Exception as e:
+            chunk_error = e
         good = []
         for i in ids:
             try:
@@ -404,7 +404,11 @@ class VerifierPool:
                 good.append(i)
             except Exception as e:
                 self._finish(b, i, Score(0.0, {}, f"env fields cannot be sent to a worker: {e}"))
-        b.todo.extendleft(reversed(good))
+        if len(good) == len(ids):  # each pickles alone but not together: never loop on it
+            for i in good:
+                self._finish(b, i, Score(0.0, {}, f"env fields cannot be sent to a worker: {chunk_error}"))
+        else:
+            b.todo.extendleft(reversed(good))
         return None
 
     def _receive(self, w: _Worker, b: _Batch, exited: bool) -> None:
