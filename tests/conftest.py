@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
 def tiny_model_dir(tmp_path_factory) -> str:
     """A cached tiny Qwen2 + tokenizer folder (no warm start), built once per session."""
     from nemo_rlvr.config import DataConfig, ModelConfig
-    from nemo_rlvr.models.tiny import tiny_model_dir as build
+    from nemo_rlvr.models.cache import tiny_model_dir as build
 
     cache = os.environ.get("NEMO_RLVR_CACHE") or str(tmp_path_factory.mktemp("cache"))
     return str(build(ModelConfig(cache_dir=cache), DataConfig(), seed=0))
