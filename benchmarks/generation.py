@@ -77,6 +77,7 @@ def main() -> None:
     from nemo_rlvr.rollout.base import Prompt, SamplingParams
     from nemo_rlvr.rollout.vllm import VLLMGenerator
 
+    load0 = os.getloadavg()[0]
     path = model_dir(args.model)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ours = ray.remote(num_cpus=1)(VLLMGenerator).remote(path, kv_cache_gb=1)
@@ -101,6 +102,7 @@ def main() -> None:
                 rates[name].append(tokens / dt)
     med = {k: statistics.median(v) for k, v in rates.items()}
     lines = [
+        f"[load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end] "
         f"generation, {args.model} fp32, {args.prompts} prompts x n={args.n}, <= {args.max_new_tokens} new "
         f"tokens, T=1, median of {args.reps}:",
         f"  standalone vllm.LLM (n={args.n}, no logprobs): {med['standalone']:.0f} tokens/s",

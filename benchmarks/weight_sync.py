@@ -112,6 +112,7 @@ def main() -> None:
     from nemo_rlvr.rollout.vllm import VLLMGenerator
     from nemo_rlvr.rollout.weight_sync import pack_buckets
 
+    load0 = os.getloadavg()[0]
     path = model_dir(args.model)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -142,6 +143,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rows.items()}
     memcpy_s_per_gb = 1 / bw
     lines = [
+        f"[load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end] "
         f"weight sync, {args.model} fp32 ({nbytes / 2**20:.0f} MiB, {args.bucket_mb:g} MiB buckets), "
         f"learner process -> VLLMGenerator in a Ray actor, median of {args.reps}:",
         f"  memcpy bandwidth (numpy copyto, 1 GiB): {bw:.2f} GB/s = {memcpy_s_per_gb:.3f} s/GB",

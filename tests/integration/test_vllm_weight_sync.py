@@ -90,3 +90,4 @@ def test_weight_meta_and_errors():
         pack_buckets(_params(), bucket_bytes=0)
     with pytest.raises(TypeError, match="int64"):
         pack_buckets([("i", torch.arange(3))], bucket_bytes=100)
+
