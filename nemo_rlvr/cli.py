@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from nemo_rlvr.config import ConfigError, dump_config, load_config
 from nemo_rlvr.envs.base import UnknownEnvError
 
 USER_ERRORS = (ConfigError, UnknownEnvError)
+# transformers' per-load progress bars clutter the step lines (Ray workers inherit this)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _split_train_args(items: list[str]) -> tuple[str | None, list[str]]:

@@ -59,6 +59,7 @@ def tiny_model_dir(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) -> P
         info: dict[str, float] = {}
         ws = model_cfg.warm_start
         if ws.steps > 0:
+            log.info("tiny model: warm start, %d supervised steps (cached for later runs) ...", ws.steps)
             if data_cfg.source != "arithmetic":
                 raise ValueError("model.warm_start needs data.source=arithmetic (the built-in task); "
                                  "set model.warm_start.steps=0 for other data.")
