@@ -65,17 +65,8 @@ def smollm2_dir(cache_dir: str | os.PathLike[str] | None = None) -> str:
 
 def tiny_dir() -> str:
     from nemo_rlvr.config import DataConfig, ModelConfig
+    from nemo_rlvr.models.cache import tiny_model_dir
 
-    try:
-        from nemo_rlvr.models.tiny import tiny_model_dir
-    except ImportError:
-        from nemo_rlvr.config import TinyModelConfig
-        from nemo_rlvr.models.tiny import build_tiny_model, train_tokenizer
-
-        out = pathlib.Path("/tmp/nemo_rlvr_bench_tiny")
-        if not (out / "config.json").exists():
-            build_tiny_model(TinyModelConfig(), train_tokenizer(out), seed=0).save_pretrained(out)
-        return str(out)
     return str(tiny_model_dir(ModelConfig(), DataConfig(), 0))
 
 

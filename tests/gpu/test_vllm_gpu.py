@@ -31,17 +31,8 @@ def ray_local():
 
 
 @pytest.fixture(scope="module")
-def model_dir(request, tmp_path_factory):
-    try:
-        from nemo_rlvr.models.tiny import tiny_model_dir  # noqa: F401
-    except ImportError:
-        from nemo_rlvr.config import TinyModelConfig
-        from nemo_rlvr.models.tiny import build_tiny_model, train_tokenizer
-
-        out = tmp_path_factory.mktemp("tiny")
-        build_tiny_model(TinyModelConfig(), train_tokenizer(out), seed=0).save_pretrained(out)
-        return str(out)
-    return request.getfixturevalue("tiny_model_dir")
+def model_dir(tiny_model_dir) -> str:
+    return tiny_model_dir  # the shared cached tiny Qwen2 (tests/conftest.py)
 
 
 def _learner(model_dir):

@@ -38,18 +38,8 @@ class _Remote:
 
 
 @pytest.fixture(scope="module")
-def model_dir(request, tmp_path_factory) -> str:
-    try:
-        from nemo_rlvr.models.tiny import tiny_model_dir  # noqa: F401
-    except ImportError:  # until the shared tiny-model builder lands: build it here
-        from nemo_rlvr.config import TinyModelConfig
-        from nemo_rlvr.models.tiny import build_tiny_model, train_tokenizer
-
-        out = tmp_path_factory.mktemp("tiny")
-        tok = train_tokenizer(out)
-        build_tiny_model(TinyModelConfig(), tok, seed=0).save_pretrained(out)
-        return str(out)
-    return request.getfixturevalue("tiny_model_dir")
+def model_dir(tiny_model_dir) -> str:
+    return tiny_model_dir  # the shared cached tiny Qwen2 (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
