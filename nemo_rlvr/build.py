@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nemo_rlvr.checkpoint import Checkpointer
+from nemo_rlvr.checkpoint import Checkpointer, resume_point
 from nemo_rlvr.config import ConfigError, RunConfig, dump_config
 from nemo_rlvr.controller import Components, RunState
 from nemo_rlvr.data.dataset import PromptLoader, load_records, to_prompts
@@ -72,35 +72,52 @@ def make_workers(cfg: RunConfig, model_dir: str) -> tuple[GeneratorGroup, Learne
 def vllm_kwargs(cfg: RunConfig) -> dict:
     g = cfg.generation
     return dict(tensor_parallel_size=g.tensor_parallel_size, gpu_memory_utilization=g.gpu_memory_utilization,
-                kv_cache_gb=g.kv_cache_gb, seed=cfg.seed,
-                enable_sleep_mode=cfg.cluster.placement == "colocated")
+                kv_cache_gb=g.kv_cache_gb, seed=cfg.seed, placement=cfg.cluster.placement,
+                weight_transfer_buffer_mb=g.weight_sync_bucket_mb)
+
+
+def load_val_prompts(cfg: RunConfig, tok) -> list:
+    """The held-out prompts validation (and `nemo-rlvr eval`) scores."""
+    d = cfg.data
+    recs = load_records(d.val_source or d.source, d, split="val", n=d.val_size, seed=cfg.seed)[: d.val_size]
+    return to_prompts(recs, tok, default_env=cfg.env.name, chat_template=d.chat_template)
 
 
 def build_run(cfg: RunConfig) -> Components:
+    """Workers, data, logger and checkpointer; with `checkpoint.resume`, restored to the checkpoint
+    (learner, loader, RNG, run state) and the generators given the restored weights."""
     if cfg.learner.num_workers != 1:
         raise ConfigError(f"learner.num_workers={cfg.learner.num_workers}: sharded learners are not "
                           f"supported yet; use learner.num_workers=1.")
     seed_everything(cfg.seed)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
     model_dir = resolve_model_dir(cfg)
+    point = resume_point(cfg, model_dir=model_dir)   # before anything is written: may refuse
+    config_text = dump_config(cfg)
+    (run_dir / "config.yaml").write_text(config_text)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     d = cfg.data
     train_recs = load_records(d.source, d, split="train", n=TRAIN_POOL, seed=cfg.seed)
-    val_recs = load_records(d.val_source or d.source, d, split="val", n=d.val_size, seed=cfg.seed)[: d.val_size]
     prompts = to_prompts(train_recs, tok, default_env=cfg.env.name, chat_template=d.chat_template)
-    val_prompts = to_prompts(val_recs, tok, default_env=cfg.env.name, chat_template=d.chat_template)
+    val_prompts = load_val_prompts(cfg, tok)
     scorer = make_scorer(cfg.env)
     generators, learner = make_workers(cfg, model_dir)
     state = RunState()
+    if point is not None:
+        state.load_state_dict(point.run)
     loader = PromptLoader(prompts, seed=d.shuffle_seed)
     logger = MetricLogger(cfg.logging, run_dir=run_dir, run_name=cfg.name, total_steps=cfg.train.steps,
-                          wandb_run_id=state.wandb_run_id, config=cfg.model_dump(mode="json"))
-    state.wandb_run_id = logger.wandb_run_id
+                          wandb_run_id=state.wandb_run_id, config=cfg.model_dump(mode="json"),
+                          resume_step=None if point is None else point.step)
+    state.wandb_run_id = logger.wandb_run_id or state.wandb_run_id
     ckpt = Checkpointer(cfg.checkpoint, run_dir=run_dir, learner=learner, loader=loader, state=state,
-                        tokenizer_dir=model_dir)
+                        config_text=config_text, model_dir=model_dir)
+    if point is not None:
+        bucket_bytes = int(cfg.generation.weight_sync_bucket_mb * 2**20)
+        line = ckpt.restore(point, generators=generators, bucket_bytes=bucket_bytes)
+        print(line, flush=True)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return Components(cfg, generators, learner, scorer, loader, val_prompts, logger, ckpt, pad, state)

@@ -1,8 +1,11 @@
-"""`nemo-rlvr` command line: train | verify | serve-env.
+"""`nemo-rlvr` command line: train | eval | export | plot | verify | serve-env.
 
-    nemo-rlvr train                                   # the tiny CPU recipe
+    nemo-rlvr train                                   # the tiny CPU recipe (resumes when it can)
     nemo-rlvr train recipes/tiny_cpu.yaml learner.lr=1e-4 train.steps=10
     nemo-rlvr train --print-config algorithm.kl_coef=0.01
+    nemo-rlvr eval runs/tiny_cpu/checkpoints/step_60 --pass-k 1 4
+    nemo-rlvr export runs/tiny_cpu/checkpoints/step_60 --to exported/
+    nemo-rlvr plot runs/tiny_cpu
     nemo-rlvr verify --env math --input in.jsonl --output out.jsonl
     nemo-rlvr serve-env --env math --port 8000
 
@@ -79,6 +82,62 @@ def _print_summary(run_dir: Path) -> None:
     print(f"metrics: {path}")
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from nemo_rlvr.evaluate import format_table, run_eval
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.val_source={args.data}")
+    if args.env:
+        overrides.append(f"env.name={args.env}")
+    if args.limit:
+        overrides.append(f"data.val_size={args.limit}")
+    if args.pass_k:
+        overrides.append(f"validation.pass_k=[{', '.join(map(str, args.pass_k))}]")
+    metrics = run_eval(Path(args.model), overrides, output=args.output)
+    print(format_table(metrics, f"evaluation of {args.model}"))
+    if args.output:
+        print(f"responses: {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from nemo_rlvr.checkpoint import export_checkpoint
+
+    out = export_checkpoint(Path(args.checkpoint), Path(args.to))
+    print(f"exported {args.checkpoint} -> {out} (a Hugging Face folder: transformers, vLLM)")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from nemo_rlvr.plot import plot_run
+
+    for path in plot_run(Path(args.run_dir), Path(args.out) if args.out else None):
+        print(path)
+    return 0
+
+
+def _add_tool_commands(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint or HF folder on held-out prompts (no Ray)")
+    p.add_argument("model", help="a checkpoint folder (runs/<name>/checkpoints/step_N) or a HF model folder")
+    p.add_argument("overrides", nargs="*", help="key.path=value config overrides (base: the checkpoint's "
+                   "config, else the tiny recipe), e.g. generation.max_new_tokens=16")
+    p.add_argument("--data", help="held-out prompts: a JSONL/parquet file or 'arithmetic' (data.val_source)")
+    p.add_argument("--env", help="default environment for records without 'env' (env.name)")
+    p.add_argument("--limit", type=int, help="evaluate the first N prompts (data.val_size)")
+    p.add_argument("--pass-k", type=int, nargs="+", help="also sample max(k) per prompt: pass@k for each k")
+    p.add_argument("--output", type=Path, help="write one JSON line per greedy response")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face folder")
+    p.add_argument("checkpoint", help="runs/<name>/checkpoints/step_N")
+    p.add_argument("--to", required=True, help="new output folder")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("plot", help="PNG plots of reward, accuracy, KL, length, step time from metrics.jsonl")
+    p.add_argument("run_dir", help="runs/<name>")
+    p.add_argument("--out", help="output folder (default RUN_DIR/plots)")
+    p.set_defaults(func=cmd_plot)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nemo-rlvr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("items", nargs="*", help="[RECIPE.yaml] [key.path=value ...]")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_train)
+    _add_tool_commands(sub)
 
     from nemo_rlvr.envs import cli as env_cli
 

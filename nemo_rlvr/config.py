@@ -177,16 +177,25 @@ class LoggingConfig(_Cfg):
     wandb_tags: tuple[str, ...] = ()
     sample_table_every: int = Field(0, ge=0)
     """Log a table of (prompt, response, reward) every N steps; 0: never."""
+    console_style: Literal["auto", "bar", "lines"] = "auto"
+    """Console output: a rich progress bar with ETA (bar), one line per step (lines), or bar
+    only when stdout is a terminal (auto)."""
 
 
 class CheckpointConfig(_Cfg):
     every_steps: int = Field(0, ge=0)
     """Save a full-state checkpoint every N steps (and at the end); 0: only at the end."""
     keep_last: int = Field(2, ge=1)
+    """Keep the newest N checkpoints (plus the best ones and the one resumed from)."""
     keep_best: int = Field(0, ge=0)
+    """Also keep the N best checkpoints by best_metric (only steps that validated have one)."""
     best_metric: str = "val/accuracy"
-    resume: str = "never"
-    """auto: newest complete checkpoint of this run; never: start fresh; or a path."""
+    """Metric key that ranks checkpoints for keep_best (a validation key, e.g. val/accuracy)."""
+    best_mode: Literal["max", "min"] = "max"
+    """Whether a higher (max) or lower (min) best_metric is better."""
+    resume: str = "auto"
+    """auto: newest complete checkpoint of this run, else start fresh; never: start fresh
+    (refused when the run folder already has checkpoints); or a path to a step_N folder."""
     export_hf: bool = True
     """At the end, write runs/<name>/final_hf (save_pretrained layout)."""
 

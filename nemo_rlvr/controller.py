@@ -13,16 +13,17 @@ the end; the checkpointer saves full state so a resumed run continues the same c
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from nemo_rlvr.algorithms.advantages import grpo_advantages, group_stats
 from nemo_rlvr.config import RunConfig
+from nemo_rlvr.evaluate import evaluate
 from nemo_rlvr.learner.packing import collate
 from nemo_rlvr.logging import Timer
-from nemo_rlvr.metrics import accuracy_metrics, logprob_mismatch, rollout_metrics
+from nemo_rlvr.metrics import logprob_mismatch, rollout_metrics
 from nemo_rlvr.rollout.base import Prompt, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -69,18 +70,11 @@ def sampling_params(cfg: RunConfig, *, step: int) -> SamplingParams:
 
 def validate(run: Components, step: int) -> dict[str, float]:
     """Greedy accuracy (and sampled pass@k when configured) on the held-out prompts."""
-    cfg, prompts = run.cfg, run.val_prompts
-    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.generation.max_new_tokens,
-                            stop=cfg.generation.stop, seed=0)
-    samples = run.generators.generate(prompts, greedy)
-    scores = run.scorer.score(samples)
-    out = accuracy_metrics("val/", scores, [s.group_id for s in samples], ())
-    if cfg.validation.pass_k:
-        n = max(cfg.validation.pass_k)
-        sampled = replace(sampling_params(cfg, step=step), n=n, seed=10_000_019 + step)
-        samples = run.generators.generate(prompts, sampled)
-        scores = run.scorer.score(samples)
-        out |= accuracy_metrics("val/sampled_", scores, [s.group_id for s in samples], cfg.validation.pass_k)
+    g = run.cfg.generation
+    out = evaluate(run.generators, run.scorer, run.val_prompts, max_new_tokens=g.max_new_tokens, stop=g.stop,
+                   temperature=g.temperature, top_p=g.top_p, pass_k=run.cfg.validation.pass_k,
+                   seed=10_000_019 + step)
+    run.scorer.metrics()  # drop validation's verifier counters: verifier/* describe training samples
     return out
 
 
@@ -90,6 +84,9 @@ def train(run: Components) -> RunState:
     bucket_bytes = int(cfg.generation.weight_sync_bucket_mb * 2**20)
     if st.step == 0 and cfg.validation.at_start:
         run.logger.write(0, validate(run, 0))
+    if st.step >= cfg.train.steps:
+        log.warning("train.steps=%d already reached (the run is at step %d); nothing to train. Raise "
+                    "train.steps to continue.", cfg.train.steps, st.step)
 
     for step in range(st.step + 1, cfg.train.steps + 1):
         with timer("step"):
@@ -114,7 +111,8 @@ def train(run: Components) -> RunState:
                    | logprob_mismatch(batch.logp_gen, batch.logp_old, batch.loss_mask)
                    | {k: float(v) for k, v in group_stats(rewards, groups).items()}
                    | train_metrics | sync_metrics | run.scorer.metrics() | timer.flush())
-        metrics |= throughput(metrics, samples, batch)
+        metrics |= throughput(metrics, samples, batch, gen_devices=cfg.generation.num_workers
+                              * cfg.generation.tensor_parallel_size, train_devices=cfg.learner.num_workers)
         st.step, st.consumed_samples = step, st.consumed_samples + len(samples)
         if step == cfg.train.steps or (cfg.validation.every_steps and step % cfg.validation.every_steps == 0):
             metrics |= validate(run, step)
@@ -125,12 +123,15 @@ def train(run: Components) -> RunState:
     return st
 
 
-def throughput(metrics: dict[str, float], samples: list, batch) -> dict[str, float]:
-    gen_tokens = sum(len(s.response_ids) for s in samples)
-    trained = int(batch.attention_mask.sum())
+def throughput(metrics: dict[str, float], samples: list, batch, *, gen_devices: int,
+               train_devices: int) -> dict[str, float]:
+    gen = sum(len(s.response_ids) for s in samples) / max(metrics.get("timing/generate", 0.0), 1e-9)
+    trained = int(batch.attention_mask.sum()) / max(metrics.get("timing/train", 0.0), 1e-9)
     return {
-        "throughput/gen_tokens_per_s": gen_tokens / max(metrics.get("timing/generate", 0.0), 1e-9),
-        "throughput/train_tokens_per_s": trained / max(metrics.get("timing/train", 0.0), 1e-9),
+        "throughput/gen_tokens_per_s": gen,
+        "throughput/train_tokens_per_s": trained,
+        "throughput/gen_tokens_per_s_per_device": gen / gen_devices,
+        "throughput/train_tokens_per_s_per_device": trained / train_devices,
     }
 
 

@@ -2,7 +2,12 @@
 
 Only the controller writes metrics: `MetricLogger.write(step, metrics)` fans one
 flat dict of namespaced keys (`train/`, `loss/`, `reward/`, `verifier/`, `timing/`,
-`throughput/`, `val/`) out to every enabled sink.
+`throughput/`, `val/`) out to every enabled sink. The key list: docs/monitoring.md.
+
+A resumed run continues every sink at the resumed step without duplicates: metrics.jsonl
+drops rows past it (logged after the checkpoint, before the crash), TensorBoard purges
+events past it (`purge_step`), wandb continues the same run id (`resume="allow"`) and skips
+steps the server already holds (it cannot rewrite history).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -60,12 +66,56 @@ def _clean(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class JsonlSink:
-    """One JSON object per line, `{"step": N, ...}`; appends (a resumed run continues the file)."""
+def is_wall_clock(key: str) -> bool:
+    """Keys that measure time (differ between two runs of the same computation)."""
+    return key.startswith(("timing/", "throughput/")) or key.endswith(("_s", "/seconds"))
 
-    def __init__(self, path: Path):
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl; a torn last line (a kill mid-write) is skipped."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def truncate_metrics(path: Path, *, keep_through: int) -> int:
+    """Drop rows with step > keep_through (and torn lines), rewriting atomically; returns how many."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= keep_through:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    if len(kept) == len(lines):
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write("".join(line + "\n" for line in kept))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+class JsonlSink:
+    """One JSON object per line, `{"step": N, ...}`; a resumed run continues the file after
+    dropping rows past the resumed step (`resume_step`; None: a fresh run, drop every row)."""
+
+    def __init__(self, path: Path, *, resume_step: int | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        dropped = truncate_metrics(path, keep_through=-1 if resume_step is None else resume_step)
+        if dropped:
+            what = f"after step {resume_step}" if resume_step is not None else "of an earlier attempt"
+            log.warning("%s: dropped %d rows logged %s (not in any checkpoint)", path, dropped, what)
         self._f = path.open("a", buffering=1)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -75,37 +125,67 @@ class JsonlSink:
         self._f.close()
 
 
-class ConsoleSink:
-    """A line per step with the key metrics, step count and ETA."""
+def _summary(metrics: Mapping[str, Any]) -> list[str]:
+    parts = []
+    for key, short, fmt in CONSOLE_KEYS:
+        if metrics.get(key) is not None:
+            parts.append(f"{short} {fmt.format(float(metrics[key]))}")
+    parts += [f"{k} {float(v):.3f}" for k, v in metrics.items()
+              if k.startswith("val/") and "accuracy" in k and v is not None]
+    return parts
 
-    def __init__(self, total_steps: int):
-        self.total = total_steps
+
+class ConsoleSink:
+    """A line per step with the key metrics, step count and ETA (when stdout is not a terminal)."""
+
+    def __init__(self, total_steps: int, *, start_step: int = 0):
+        self.total, self.start = total_steps, start_step
         self._t0 = time.perf_counter()
-        self._first: int | None = None
+
+    def eta(self, step: int) -> float | None:
+        """Seconds left at the pace of the steps this process ran (None before the first)."""
+        done = step - self.start
+        return (time.perf_counter() - self._t0) / done * (self.total - step) if done > 0 else None
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-        if self._first is None:
-            self._first = step
-        done = step - self._first + 1
-        eta = (time.perf_counter() - self._t0) / done * (self.total - step)
-        parts = [f"step {step:>4}/{self.total}"]
-        for key, short, fmt in CONSOLE_KEYS:
-            if key in metrics and metrics[key] is not None:
-                parts.append(f"{short} {fmt.format(float(metrics[key]))}")
-        val = [f"{k} {float(v):.3f}" for k, v in metrics.items() if k.startswith("val/") and "accuracy" in k]
-        parts += val
-        parts.append(f"eta {eta:4.0f}s")
+        eta = self.eta(step)
+        parts = [f"step {step:>4}/{self.total}", *_summary(metrics)]
+        parts.append(f"eta {eta:4.0f}s" if eta is not None else "eta    ?")
         print(" | ".join(parts), file=sys.stdout, flush=True)
 
     def close(self) -> None:
         pass
 
 
+class ProgressSink:
+    """A rich progress bar (steps, elapsed, ETA, key metrics) for a terminal; validation
+    results print as lines above it."""
+
+    def __init__(self, total_steps: int, *, start_step: int = 0):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._p = Progress(TextColumn("step"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
+                           TimeRemainingColumn(), TextColumn("{task.fields[summary]}"), transient=False)
+        self._task = self._p.add_task("train", total=total_steps, completed=start_step, summary="")
+        self._p.start()
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        parts = _summary(metrics)
+        self._p.update(self._task, completed=step, summary=" | ".join(parts))
+        if any(k.startswith("val/") for k in metrics):
+            self._p.console.print(f"step {step}: " + " | ".join(parts))
+
+    def close(self) -> None:
+        self._p.stop()
+
+
 class TensorBoardSink:
-    def __init__(self, logdir: Path):
+    """Scalars under runs/<name>/tensorboard; a resumed run purges events past the resumed step."""
+
+    def __init__(self, logdir: Path, *, resume_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self._w = SummaryWriter(str(logdir))
+        self._w = SummaryWriter(str(logdir), purge_step=None if resume_step is None else resume_step + 1)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         for k, v in _clean(metrics).items():
@@ -118,44 +198,67 @@ class TensorBoardSink:
 
 
 class WandbSink:
-    """wandb run; `run_id` resumes the same run (`resume="allow"`) so the curve continues."""
+    """wandb run; `run_id` resumes the same run (`resume="allow"`) so the curve continues.
+
+    wandb cannot rewrite history: steps the server already holds (logged before a crash, after
+    the last checkpoint) keep their first values there and are skipped, once, with a warning.
+    Works offline (`WANDB_MODE=offline`): each attempt writes wandb/offline-run-*-<id>/, one run id.
+    """
 
     def __init__(self, cfg: LoggingConfig, *, name: str, run_dir: Path, run_id: str | None,
-                 config: dict[str, Any]):
+                 config: dict[str, Any], resume_step: int | None = None):
         import wandb
 
         self.run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, name=name,
                               group=cfg.wandb_group, tags=list(cfg.wandb_tags), dir=str(run_dir),
                               id=run_id, resume="allow", config=config)
         self.run_id = self.run.id
+        held = int(self.run.step or 0) - 1          # the last step this run already holds online
+        self._skip_through = held if resume_step is not None and held > resume_step else -1
+        if self._skip_through >= 0:
+            log.warning("wandb run %s already holds steps %d..%d (logged before the restart); wandb "
+                        "keeps those first values, metrics.jsonl and TensorBoard hold the resumed ones",
+                        self.run_id, resume_step + 1, held)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if step <= self._skip_through:
+            return
         self.run.log({k: v for k, v in _clean(metrics).items() if v is not None}, step=step)
 
     def log_table(self, step: int, key: str, columns: list[str], rows: list[list[Any]]) -> None:
         import wandb
 
-        self.run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+        if step > self._skip_through:
+            self.run.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
 
     def close(self) -> None:
         self.run.finish()
 
 
+def _use_bar(style: str) -> bool:
+    return style == "bar" or (style == "auto" and sys.stdout.isatty())
+
+
 class MetricLogger:
+    """Fans `write(step, metrics)` out to the sinks `cfg` enables. `resume_step`: the step a
+    resumed run restored (None: fresh); every sink continues after it, with no duplicate steps."""
+
     def __init__(self, cfg: LoggingConfig, *, run_dir: Path, run_name: str, total_steps: int,
-                 wandb_run_id: str | None = None, config: dict[str, Any] | None = None):
+                 wandb_run_id: str | None = None, config: dict[str, Any] | None = None,
+                 resume_step: int | None = None):
         self.run_dir = run_dir
         self.sinks: list[Any] = []
         self.wandb: WandbSink | None = None
         if cfg.console:
-            self.sinks.append(ConsoleSink(total_steps))
+            console = ProgressSink if _use_bar(cfg.console_style) else ConsoleSink
+            self.sinks.append(console(total_steps, start_step=resume_step or 0))
         if cfg.jsonl:
-            self.sinks.append(JsonlSink(run_dir / "metrics.jsonl"))
+            self.sinks.append(JsonlSink(run_dir / "metrics.jsonl", resume_step=resume_step))
         if cfg.tensorboard:
-            self.sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+            self.sinks.append(TensorBoardSink(run_dir / "tensorboard", resume_step=resume_step))
         if cfg.wandb:
             self.wandb = WandbSink(cfg, name=run_name, run_dir=run_dir, run_id=wandb_run_id,
-                                   config=config or {})
+                                   config=config or {}, resume_step=resume_step)
             self.sinks.append(self.wandb)
 
     @property

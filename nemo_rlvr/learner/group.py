@@ -38,6 +38,12 @@ class LearnerWorker:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state)
 
+    def save(self, path: str) -> None:
+        self.policy.save(path)
+
+    def load(self, path: str) -> None:
+        self.policy.load(path)
+
     def save_hf(self, path: str, tokenizer_path: str | None = None) -> None:
         self.policy.save_hf(path, tokenizer_path)
 
@@ -67,6 +73,15 @@ class LearnerGroup:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         resolve(call(self.lead, "load_state_dict", state))
+
+    def save(self, path: str) -> None:
+        """Every rank writes its shard of the full state into folder `path` (shared filesystem)."""
+        for fut in [call(w, "save", path) for w in self.workers]:
+            resolve(fut)
+
+    def load(self, path: str) -> None:
+        for fut in [call(w, "load", path) for w in self.workers]:
+            resolve(fut)
 
     def save_hf(self, path: str, tokenizer_path: str | None = None) -> None:
         resolve(call(self.lead, "save_hf", path, tokenizer_path))

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import random
+import warnings
 from typing import Any
 
 import numpy as np
@@ -139,6 +141,46 @@ class PolicyWorker:
         self.sched.load_state_dict(state["sched"])
         set_rng_state(state["rng"])
 
+    def save(self, path: str) -> None:
+        """Full learner state into folder `path`: model + optimizer through torch.distributed.checkpoint
+        (`dcp/`, FQN-keyed, one shard file per rank: loadable by another world size with resharding),
+        scheduler + RNG per rank (`rank_<r>.pt`, loadable with weights_only=True)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.opt)
+        with warnings.catch_warnings():  # single process: DCP says it saves without a process group
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(path, "dcp"))
+        torch.save({"sched": self.sched.state_dict(), "rng": rng_state()},
+                   os.path.join(path, f"rank_{_rank()}.pt"))
+
+    def load(self, path: str) -> None:
+        """Restore what `save(path)` wrote, in place (bit-exact: model, AdamW moments and step, lr
+        schedule, RNG)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.opt)  # templates (optim state initialised)
+        state = {"model": model_sd, "optim": optim_sd}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            dcp.load(state, checkpoint_id=os.path.join(path, "dcp"))
+        set_state_dict(self.model, self.opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        extra = torch.load(os.path.join(path, f"rank_{_rank()}.pt"), weights_only=True)
+        self.sched.load_state_dict(extra["sched"])
+        set_rng_state(extra["rng"])
+        self._apply_hparams()
+
+    def _apply_hparams(self) -> None:
+        """This run's lr, betas and weight decay over the ones loaded with the optimizer state (a
+        resume may change them); the same values when unchanged, so resuming stays bit-exact."""
+        scale = self.sched.lr_lambdas[0](self.sched.last_epoch)
+        self.sched.base_lrs = [self.cfg.lr for _ in self.opt.param_groups]
+        for group in self.opt.param_groups:
+            group.update(lr=self.cfg.lr * scale, initial_lr=self.cfg.lr, betas=self.cfg.betas,
+                         weight_decay=self.cfg.weight_decay)
+
     def save_hf(self, path: str, tokenizer_path: str | None = None) -> None:
         """Write a Hugging Face folder (`save_pretrained`, safetensors) with the tokenizer."""
         self.model.save_pretrained(path, safe_serialization=True)
@@ -152,8 +194,20 @@ class PolicyWorker:
         return float(sum(p.detach().double().sum() for p in self.model.parameters()))
 
 
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's RNG states (torch, numpy, python, cuda) as tensors, lists and ints only,
+    so `torch.load(..., weights_only=True)` reads them back (no pickled objects)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    keys = torch.from_numpy(keys.astype(np.int64))
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [kind, keys, int(pos), int(has_gauss), float(cached)],
+             "python": list(random.getstate())}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -161,7 +215,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,130 @@
+"""The real learner's state through a checkpoint: save/load is bit-exact (model, AdamW moments and
+step, lr schedule, RNG), a resume may change the lr, and `export` writes a Hugging Face folder
+whose logits equal the trained model's; `eval` and `plot` run on the results."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from nemo_rlvr.checkpoint import Checkpointer, export_checkpoint
+from nemo_rlvr.cli import main
+from nemo_rlvr.config import AlgorithmConfig, LearnerConfig, dump_config, load_config
+from nemo_rlvr.controller import RunState
+from nemo_rlvr.data.dataset import PromptLoader
+from nemo_rlvr.learner.group import LearnerGroup, LearnerWorker
+from nemo_rlvr.learner.packing import collate
+from nemo_rlvr.learner.policy import PolicyWorker
+from nemo_rlvr.rollout.base import Prompt, Sample
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    from nemo_rlvr.config import DataConfig, ModelConfig
+    from nemo_rlvr.models.cache import tiny_model_dir
+
+    cache = os.environ.get("NEMO_RLVR_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    return str(tiny_model_dir(ModelConfig(cache_dir=cache), DataConfig(), seed=0))
+
+
+def batch(seed: int):
+    """8 random 3-token responses to 4-token prompts, advantages ±1: a batch that moves the policy."""
+    g = torch.Generator().manual_seed(seed)
+    samples = [Sample(prompt_ids=torch.randint(5, 100, (4,), generator=g).tolist(),
+                      response_ids=torch.randint(5, 100, (3,), generator=g).tolist(), logprobs=[-4.0] * 3,
+                      text="", finish_reason="length", group_id=i // 4, env="arithmetic") for i in range(8)]
+    return collate(samples, torch.tensor([1.0, -1.0] * 4), pad_id=0)
+
+
+def step(worker, seed: int) -> dict:
+    b = batch(seed)
+    return worker.train(b.with_(**worker.logprobs(b)))
+
+
+def worker(model_dir: str, lr: float = 1e-2) -> PolicyWorker:
+    return PolicyWorker(model_dir, learner=LearnerConfig(lr=lr, warmup_steps=3, weight_decay=0.1),
+                        algorithm=AlgorithmConfig(kl_coef=0.01), temperature=1.0)
+
+
+def params(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_learner_save_load_is_bit_exact(model_dir, tmp_path):
+    a = worker(model_dir)
+    step(a, 1)
+    step(a, 2)
+    a.save(str(tmp_path))
+    want_rng = torch.rand(4)                     # the RNG state is part of the checkpoint
+    m3 = step(a, 3)
+    want = params(a.model)
+
+    torch.manual_seed(123)
+    b = worker(model_dir)                        # fresh: other moments, schedule, RNG
+    b.load(str(tmp_path))
+    assert torch.equal(torch.rand(4), want_rng)
+    assert b.opt.state_dict()["state"][0]["step"].item() == 2 and b.sched.last_epoch == 2
+    m3b = step(b, 3)
+    assert all(torch.equal(x, y) for x, y in zip(params(b.model), want))
+    assert m3 == m3b                              # loss, grad norm, lr (warmup step 3 of 3), ...
+
+
+def test_resume_applies_the_new_lr(model_dir, tmp_path):
+    a = worker(model_dir, lr=1e-2)
+    step(a, 1)
+    a.save(str(tmp_path))
+    b = worker(model_dir, lr=1e-4)
+    b.load(str(tmp_path))
+    # warmup 3: after 1 scheduler step the factor is (1+1)/4 = 0.5, of the new base lr
+    assert b.opt.param_groups[0]["lr"] == pytest.approx(0.5e-4)
+    assert step(b, 2)["train/lr"] == pytest.approx(0.75e-4)   # factor 3/4 after the 2nd step
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(model_dir, tmp_path_factory):
+    """A checkpoint of a learner trained 2 steps (through LearnerGroup, as in a run), and the learner."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, [f"model.path={model_dir}", f"output_dir={out}", "data.val_size=6",
+                             "generation.max_new_tokens=4", "validation.pass_k=[1,2]"])
+    lw = LearnerWorker(model_dir, num_threads=0, learner=LearnerConfig(lr=1e-2), algorithm=AlgorithmConfig(),
+                       temperature=1.0)
+    for s in (1, 2):
+        step(lw.policy, s)
+    loader = PromptLoader([Prompt("p", [5], "arithmetic")], seed=0)
+    ck = Checkpointer(cfg.checkpoint, run_dir=cfg.run_dir, learner=LearnerGroup([lw]), loader=loader,
+                      state=RunState(step=2), config_text=dump_config(cfg), model_dir=model_dir)
+    return ck.save(2), lw.policy
+
+
+def test_export_round_trip_logits_equal(trained_checkpoint, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    ckpt, policy = trained_checkpoint
+    assert main(["export", str(ckpt), "--to", str(tmp_path / "hf")]) == 0
+    assert f"-> {tmp_path / 'hf'}" in capsys.readouterr().out
+    out = tmp_path / "hf"
+    assert (out / "model.safetensors").is_file() and (out / "generation_config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = AutoTokenizer.from_pretrained(out)("12+34=57", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        got, want = model(ids).logits, policy.model.eval()(ids).logits
+    policy.model.train()
+    assert torch.equal(got, want)
+    assert GenerationConfig.from_pretrained(out).eos_token_id == 1
+    with pytest.raises(Exception, match="not empty"):
+        export_checkpoint(ckpt, out)
+
+
+def test_eval_command_on_checkpoint_prints_a_table(trained_checkpoint, tmp_path, capsys):
+    ckpt, _ = trained_checkpoint
+    rc = main(["eval", str(ckpt), "--limit", "4", "--pass-k", "1", "2", "--output", str(tmp_path / "r.jsonl")])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    for key in ("val/accuracy", "val/sampled_accuracy", "val/sampled_pass@1", "val/sampled_pass@2"):
+        assert key in text
+    assert "val/prompts" in text and text.split("val/prompts")[1].split()[0] == "4"
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and set(rows[0]) == {"prompt", "response", "reward", "error"}
