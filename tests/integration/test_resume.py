@@ -1,8 +1,9 @@
 """Exact resume through the real CLI: SIGKILL mid-step, and a crash mid-checkpoint-write.
 
-Each run is `python -m nemo_rlvr.cli train` in a subprocess (cluster.mode=local, one torch
-thread, as a Ray actor has). A reference run goes 6 steps uninterrupted; an interrupted run
-is resumed with checkpoint.resume=auto. Every logged metric (wall-clock keys aside) and the
+Each run is `python -m nemo_rlvr.cli train` in a subprocess: cluster.mode=local with one
+torch thread (as a Ray actor has), and the checkpoint-crash case through Ray actors. A
+reference run goes 6 steps uninterrupted; an interrupted run is resumed with
+checkpoint.resume=auto. Every logged metric (wall-clock keys aside) and the
 final weights must equal the reference's bit for bit. The data is an `instruction` task
 (`all_uppercase`) that an untrained tiny model passes about a quarter of the time, so rewards
 vary within groups and every step really updates the policy.
@@ -63,8 +64,24 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the run's process group: the trainer and anything it started (Ray's agents
+    outlive a driver that died without ray.shutdown)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run_train(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(args, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        kill_group(proc)
+        proc.wait()
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +126,9 @@ def test_sigkill_mid_step_then_resume_matches_uninterrupted(reference, model_dir
             assert proc.poll() is None, f"training exited early: {proc.stderr.read()[-3000:]}"
             assert time.monotonic() < deadline, "step 5 never logged"
             time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)  # step 5 is logged, not checkpointed; step 6 is running
+        kill_group(proc)                     # step 5 is logged, not checkpointed; step 6 is running
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)
         proc.wait()
         proc.stderr.close()
     assert not (run / "checkpoints" / "step_6").exists(), "killed too late: step 6 finished"
@@ -157,8 +173,11 @@ def wandb_history(run_file: Path) -> tuple[str, list[int]]:
 
 def test_crash_during_checkpoint_write_resumes_previous_and_wandb_continues(
         reference, model_dir, data_file, tmp_path):
+    """Through Ray actors (one torch thread each): the same numbers as the local reference."""
+    pytest.importorskip("ray")
     pytest.importorskip("wandb")
-    args = train_args(model_dir, data_file, tmp_path, "logging.wandb=true", "logging.tensorboard=true")
+    args = train_args(model_dir, data_file, tmp_path, "logging.wandb=true", "logging.tensorboard=true",
+                      "cluster.mode=ray", "cluster.num_cpus=2")
     run = tmp_path / "tiny_cpu"
     crashed = run_train(args, child_env(**{CRASH_VAR: "4"}))
     assert crashed.returncode == 70, crashed.stderr[-3000:]
