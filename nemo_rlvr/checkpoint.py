@@ -232,6 +232,12 @@ def resume_point(cfg: Any, *, model_dir: str) -> ResumePoint | None:
         return None
     if how == "auto":
         path = find_latest(root)
+        if path is None and step_dirs(root):   # never restart at step 1 silently over a broken run
+            names = ", ".join(p.name for _, p in step_dirs(root))
+            raise CheckpointError(
+                f"checkpoint.resume=auto: none of the checkpoints in {root} ({names}) is usable (the "
+                f"warnings above say why). Restore one, resume another with checkpoint.resume=PATH, or "
+                f"start over under another name= (or after deleting the folder).")
         if path is None:
             log.info("checkpoint.resume=auto: no complete checkpoint in %s; starting at step 1", root)
             return None

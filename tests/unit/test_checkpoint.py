@@ -151,6 +151,17 @@ def test_resume_auto_restores_everything_and_syncs_the_generators(tmp_path, mode
                            f"index 3")
 
 
+def test_resume_auto_refuses_to_restart_over_only_broken_checkpoints(tmp_path, model_dir):
+    cfg = config(tmp_path, model_dir, "checkpoint.resume=auto")
+    ck = checkpointer(cfg, model_dir)
+    (ck.root / "tmp_step_2").mkdir(parents=True)     # a crash during the first write: nothing to lose
+    assert resume_point(cfg, model_dir=model_dir) is None
+    ck.save(2)
+    (ck.root / "step_2" / "controller.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"none of the checkpoints in .* \(step_2\) is usable"):
+        resume_point(cfg, model_dir=model_dir)
+
+
 def test_resume_never_refuses_a_folder_with_checkpoints(tmp_path, model_dir):
     cfg = config(tmp_path, model_dir)
     checkpointer(cfg, model_dir).save(2)
