@@ -1,0 +1,1 @@
+"""Prompt data: built-in procedural tasks (`arithmetic`) for tests and the CPU demo."""

@@ -1,0 +1,230 @@
+"""The tiny model the project builds itself: a local BPE tokenizer, a small Qwen2, and its cache.
+
+Nothing here touches the Hugging Face hub. The tokenizer is trained in a fraction of a second
+on a procedural corpus; the model is a randomly initialised Qwen2 (seeded), optionally
+warm-started on the arithmetic task (models/warm_start.py) so RL starts from a policy
+that is right part of the time. `tiny_model_dir` builds it once and caches a plain HF
+folder that every backend (HF, vLLM, the learner) loads with `from_pretrained`:
+
+    ModelConfig + DataConfig + seed --hash--> <cache>/tiny-<hash>/
+        tokenizer  (train_tokenizer)         tokenizer.json, tokenizer_config.json, chat_template.jinja
+        model      (build_tiny_model)        config.json, model.safetensors, generation_config.json
+        warm start (warm_start, if steps>0)  same files, trained weights; nemo_rlvr_tiny.json: metrics
+
+Tokenizer: digits are always single tokens (so arithmetic is character level, the model
+never has to learn what "46" as one token means), the alphabet is printable ASCII plus
+newline (anything else is <|unk|>), spaces become "▁" (Metaspace, never prepended) so
+decode(encode(s)) == s for ASCII text. No BOS and no post-processor: encode() adds nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import string
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from nemo_rlvr.config import DataConfig, ModelConfig, TinyModelConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+"""Bump when the tokenizer, model or warm-start recipe changes: old caches are not reused."""
+PAD, EOS, IM_START, IM_END, UNK = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|unk|>"
+SPECIAL_TOKENS = (PAD, EOS, IM_START, IM_END, UNK)
+"""Ids 0..4 in this order."""
+ALPHABET = tuple(c for c in string.printable if c not in " \t\r\x0b\x0c") + ("\t", "▁")
+"""Base characters (space is "▁"): 94 printable ASCII, newline, tab, "▁". 97 in all."""
+MAX_POSITIONS = 256
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""ChatML: <|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n"""
+WARM_START_STOP_ACCURACY: float | None = 0.5
+"""The warm start stops once greedy accuracy on held-out train problems reaches this."""
+WARM_START_EASY_FRACTION = 0.25
+"""Share of easier (fewer-digit) problems in the warm-start data (data/arithmetic.py)."""
+STOP_EVAL_SIZE, STOP_EVAL_EVERY = 200, 10
+"""Held-out problems the stop accuracy is measured on, and how often (optimizer steps)."""
+ATTN_IMPLEMENTATION = "eager"
+"""Eager attention: see `build_tiny_model` for why (logprob agreement under padding)."""
+
+_WORDS = ("the answer is what of and a to in it you we this that for on with as be are "
+          "question solve compute sum add plus minus times number result step think final "
+          "user assistant system hello world yes no true false first then so").split()
+
+
+def _corpus(n: int = 2000) -> list[str]:
+    """A procedural training corpus: arithmetic, short English, chat markup (deterministic)."""
+    import random
+
+    rng = random.Random(1234)
+    lines = []
+    for i in range(n):
+        a, b = rng.randrange(1000), rng.randrange(1000)
+        op = "+-*"[i % 3]
+        lines.append(f"{a}{op}{b}=")
+        words = rng.sample(_WORDS, 6)
+        lines.append(" ".join(words).capitalize() + rng.choice(".?!"))
+        lines.append(f"Question: what is {a} {('plus', 'minus', 'times')[i % 3]} {b}? Answer: {a + b}")
+        lines.append(f"{IM_START}user\n{a}{op}{b}={IM_END}\n{IM_START}assistant\n{a + b}{IM_END}\n")
+    return lines
+
+
+def train_tokenizer(out_dir: str | os.PathLike[str], *, vocab_size: int = TinyModelConfig().vocab_size,
+                    ) -> PreTrainedTokenizerFast:
+    """Train the local BPE tokenizer, save it to `out_dir` (HF layout) and return it.
+
+    `vocab_size` is a target: the 5 special tokens and the 97-character alphabet are always
+    kept, merges fill the rest: len(tokenizer) == max(vocab_size, 102).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True),
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Punctuation(),
+    ])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=list(ALPHABET), show_progress=False)
+    tok.train_from_iterator(_corpus(), trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK,
+        extra_special_tokens=[IM_START, IM_END], model_max_length=MAX_POSITIONS,
+        padding_side="right", clean_up_tokenization_spaces=False)
+    hf.chat_template = CHAT_TEMPLATE
+    hf.save_pretrained(str(out_dir))
+    return hf
+
+
+def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen2ForCausalLM:
+    """A randomly initialised Qwen2 in fp32; the same (cfg, tokenizer, seed) gives the same weights.
+
+    Attention is "eager": with it, the log-probs of a batched left-padded `generate` and of
+    a right-padded full forward over the same tokens agree to fp32 rounding (measured
+    max |diff| in tests/unit/test_tiny_model.py); the global torch RNG is left untouched.
+    """
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    if cfg.hidden_size % cfg.num_heads:
+        raise ValueError(f"model.tiny.hidden_size={cfg.hidden_size} must be a multiple of "
+                         f"model.tiny.num_heads={cfg.num_heads}.")
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads, max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, use_cache=True)
+    config._attn_implementation = ATTN_IMPLEMENTATION
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config).float()
+    model.generation_config = GenerationConfig(
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        do_sample=False)
+    return model.eval()
+
+
+def _stop_accuracy(model_cfg: ModelConfig) -> float | None:
+    """model.warm_start.stop_accuracy where the config has the field, else the default."""
+    return getattr(model_cfg.warm_start, "stop_accuracy", WARM_START_STOP_ACCURACY)
+
+
+def _cache_root(model_cfg: ModelConfig) -> Path:
+    root = model_cfg.cache_dir or os.environ.get("NEMO_RLVR_CACHE") or Path.home() / ".cache" / "nemo_rlvr"
+    return Path(root).expanduser()
+
+
+def _cache_key(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) -> dict[str, object]:
+    """What the cached weights depend on (the task and warm start only when it runs)."""
+    key: dict[str, object] = {"version": CACHE_VERSION, "tiny": model_cfg.tiny.model_dump(mode="json"),
+                              "seed": seed}
+    if model_cfg.warm_start.steps > 0:
+        key["warm_start"] = model_cfg.warm_start.model_dump(mode="json") | {
+            "stop_accuracy": _stop_accuracy(model_cfg), "stop_eval": [STOP_EVAL_SIZE, STOP_EVAL_EVERY],
+            "easy_fraction": WARM_START_EASY_FRACTION}
+        key["task"] = {"num_digits": data_cfg.num_digits, "operations": list(data_cfg.operations)}
+    return key
+
+
+def tiny_model_dir(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) -> Path:
+    """The cached HF folder of the tiny model for these configs; built (once) if missing.
+
+    <cache>/tiny-<hash>, cache = model.cache_dir, $NEMO_RLVR_CACHE or ~/.cache/nemo_rlvr.
+    With model.warm_start.steps > 0 the folder holds the warm-started weights. The folder
+    is written under a temporary name and renamed into place, so a reader never sees a
+    half-written one; two processes racing both build, and the loser discards its copy.
+    """
+    t0 = time.perf_counter()
+    key = _cache_key(model_cfg, data_cfg, seed)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    root = _cache_root(model_cfg)
+    final = root / f"tiny-{digest}"
+    if (final / "config.json").is_file():
+        log.info("tiny model: reused cache %s (%.2f s)", final, time.perf_counter() - t0)
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tiny-{digest}-", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared
+    try:
+        metrics = _build_into(tmp, model_cfg, data_cfg, seed)
+        (tmp / "nemo_rlvr_tiny.json").write_text(json.dumps({"key": key, "metrics": metrics}, indent=2))
+        try:
+            os.rename(tmp, final)  # atomic; fails if another process got there first
+        except OSError:
+            if not (final / "config.json").is_file():
+                raise
+            log.info("tiny model: another process built %s first; using it", final)
+            return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("tiny model: built %s in %.1f s (warm start: %d steps, %s)", final, time.perf_counter() - t0,
+             model_cfg.warm_start.steps, ", ".join(f"{k}={v:.3g}" for k, v in metrics.items()) or "none")
+    return final
+
+
+def _build_into(out: Path, model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) -> dict[str, float]:
+    from nemo_rlvr.data.arithmetic import arithmetic_records, warm_start_records
+    from nemo_rlvr.models.warm_start import greedy_accuracy, warm_start
+
+    tokenizer = train_tokenizer(out, vocab_size=model_cfg.tiny.vocab_size)
+    model = build_tiny_model(model_cfg.tiny, tokenizer, seed)
+    metrics: dict[str, float] = {}
+    ws = model_cfg.warm_start
+    if ws.steps > 0:
+        records = warm_start_records(ws.num_examples, num_digits=data_cfg.num_digits,
+                                     operations=data_cfg.operations, seed=seed,
+                                     easy_fraction=WARM_START_EASY_FRACTION)
+        # Held-out train problems to stop on: records are prefix-stable, so the ones after
+        # the first num_examples were not trained on (unless the train split is that small).
+        stop_records = arithmetic_records(ws.num_examples + STOP_EVAL_SIZE, num_digits=data_cfg.num_digits,
+                                          operations=data_cfg.operations, seed=seed,
+                                          split="train")[ws.num_examples:]
+        metrics = warm_start(model, tokenizer, records, ws, seed, stop_records=stop_records,
+                             stop_accuracy=_stop_accuracy(model_cfg), eval_every=STOP_EVAL_EVERY)
+        try:
+            val = arithmetic_records(data_cfg.val_size, num_digits=data_cfg.num_digits,
+                                     operations=data_cfg.operations, seed=data_cfg.shuffle_seed, split="val")
+        except ValueError:  # a task too small for val_size: the run itself will say so
+            val = []
+        if val:
+            metrics["warm_start/val_accuracy"] = greedy_accuracy(model, tokenizer, val)
+    model.save_pretrained(out)
+    return metrics
