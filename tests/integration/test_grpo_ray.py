@@ -15,7 +15,7 @@ STEP_KEYS = {
     "step", "train/reward_mean", "train/reward_std", "train/accuracy", "train/response_len_mean",
     "train/response_len_max", "train/truncation_rate", "train/logprob_mismatch", "train/logprob_mismatch_max",
     "train/entropy", "train/grad_norm", "train/lr", "loss/total", "loss/pg", "loss/kl", "loss/clip_frac",
-    "reward/arithmetic/mean", "verifier/errors", "verifier/seconds", "timing/generate", "timing/score",
+    "reward/digit_share/mean", "verifier/errors", "verifier/seconds", "timing/generate", "timing/score",
     "timing/logprobs", "timing/train", "timing/weight_sync", "timing/step", "weight_sync/bytes",
     "throughput/gen_tokens_per_s", "throughput/train_tokens_per_s",
 }
@@ -28,7 +28,12 @@ def ray_run(tiny_model_dir, tmp_path_factory):
     from nemo_rlvr.controller import train
 
     out = tmp_path_factory.mktemp("runs")
+    data = out / "prompts.jsonl"   # records without "env": they go to env.name
+    data.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": a + b}) + "\n"
+                            for a in range(10, 40) for b in range(10, 14)))
     cfg = load_config(None, [f"model.path={tiny_model_dir}", "train.steps=3", f"output_dir={out}",
+                             f"data.source={data}", "env.name=digit_share",
+                             "env.module=tests.helpers.training_envs",
                              "train.prompts_per_step=8", "algorithm.group_size=4", "learner.lr=1e-3",
                              "algorithm.kl_coef=0.01", "validation.every_steps=0",
                              "cluster.num_cpus=2", "checkpoint.export_hf=true"])
