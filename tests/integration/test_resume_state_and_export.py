@@ -118,6 +118,13 @@ def test_export_round_trip_logits_equal(trained_checkpoint, tmp_path, capsys):
     with pytest.raises(Exception, match="not empty"):
         export_checkpoint(ckpt, out)
 
+    data = tmp_path / "val.jsonl"                 # `eval` on the exported folder, other prompts
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "instructions": [{"type": "no_commas"}]}) + "\n"
+                            for i in range(5)))
+    assert main(["eval", str(out), "--data", str(data), "--env", "instruction", "--limit", "3"]) == 0
+    table = capsys.readouterr().out
+    assert table.split("val/prompts")[1].split()[0] == "3" and "val/accuracy" in table and "sampled" not in table
+
 
 def test_eval_command_on_checkpoint_prints_a_table(trained_checkpoint, tmp_path, capsys):
     ckpt, _ = trained_checkpoint
