@@ -108,6 +108,8 @@ def build_run(cfg: RunConfig) -> Components:
     state = RunState()
     if point is not None:
         state.load_state_dict(point.run)
+        if point.forked:  # another run's checkpoint: branch off it into a new wandb run
+            state.wandb_run_id = None
     loader = PromptLoader(prompts, seed=d.shuffle_seed)
     logger = MetricLogger(cfg.logging, run_dir=run_dir, run_name=cfg.name, total_steps=cfg.train.steps,
                           wandb_run_id=state.wandb_run_id, config=cfg.model_dump(mode="json"),

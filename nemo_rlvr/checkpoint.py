@@ -163,6 +163,8 @@ class ResumePoint:
     run: dict[str, Any]      # RunState.state_dict()
     data: dict[str, Any]     # PromptLoader.state_dict()
     config: dict[str, Any]   # the resolved config that wrote it
+    forked: bool = False
+    """The checkpoint belongs to another run folder: this run branches off it (new wandb run)."""
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -256,7 +258,9 @@ def resume_point(cfg: Any, *, model_dir: str) -> ResumePoint | None:
     same_model = man.get("model_fingerprint") == model_fingerprint(model_dir)
     for line in check_config(old_cfg, cfg.model_dump(mode="json"), path=path, same_model=same_model):
         log.warning("resume: config differs from the checkpoint's (allowed): %s", line)
-    return ResumePoint(path=path, step=int(man["step"]), run=ctl["run"], data=ctl["data"], config=old_cfg)
+    forked = path.resolve().parent != root.resolve()
+    return ResumePoint(path=path, step=int(man["step"]), run=ctl["run"], data=ctl["data"], config=old_cfg,
+                       forked=forked)
 
 
 def set_aside_newer(root: Path, step: int) -> None:

@@ -175,7 +175,10 @@ def test_resume_from_a_path_checks_it(tmp_path, model_dir):
     ck.save(2)
     point = resume_point(config(tmp_path, model_dir, f"checkpoint.resume={ck.root / 'step_2'}"),
                          model_dir=model_dir)
-    assert point.step == 2
+    assert point.step == 2 and not point.forked
+    fork = resume_point(config(tmp_path, model_dir, "name=branch", f"checkpoint.resume={ck.root / 'step_2'}"),
+                        model_dir=model_dir)
+    assert fork.step == 2 and fork.forked                  # another run's checkpoint: a branch
     (ck.root / "step_2" / "rng.pt").unlink()
     with pytest.raises(CheckpointError, match="rng.pt is missing"):
         resume_point(config(tmp_path, model_dir, f"checkpoint.resume={ck.root / 'step_2'}"), model_dir=model_dir)
