@@ -63,6 +63,10 @@ class WarmStartConfig(_Cfg):
     lr: float = Field(3e-3, gt=0)
     num_examples: int = Field(2000, ge=1)
     """Distinct training examples drawn from the task (kept apart from validation)."""
+    stop_accuracy: float | None = Field(None, gt=0, le=1)
+    """Stop early once greedy accuracy on 200 other training problems reaches this (checked
+    every 10 steps); `steps` is then the cap. The jump in accuracy comes at a seed-dependent
+    step, so stopping on accuracy gives RL a reproducible starting point."""
 
 
 class ModelConfig(_Cfg):

@@ -67,7 +67,9 @@ def tiny_model_dir(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) -> P
                                          operations=data_cfg.operations, seed=seed, split="train")
             threads = torch.get_num_threads()
             torch.set_num_threads(max(1, os.cpu_count() or 1))
-            info = warm_start(model, tok, records, ws, seed)
+            stop = arithmetic_records(200, num_digits=data_cfg.num_digits, operations=data_cfg.operations,
+                                      seed=seed + 1, split="train")
+            info = warm_start(model, tok, records, ws, seed, stop_records=stop, stop_accuracy=ws.stop_accuracy)
             torch.set_num_threads(threads)
             val = arithmetic_records(200, num_digits=data_cfg.num_digits, operations=data_cfg.operations,
                                      seed=seed, split="val")
