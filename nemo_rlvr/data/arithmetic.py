@@ -126,7 +126,7 @@ def arithmetic_records(
     """n records {"id", "prompt", "env", "answer"} of one split; deterministic for a seed.
 
     >>> arithmetic_records(1, num_digits=2, operations=["+"], seed=0, split="train")[0]
-    {'id': 'arith-train-0', 'prompt': '...+...=', 'env': 'arithmetic', 'answer': ...}
+    {'id': 'arith-train-0', 'prompt': '98+16=', 'env': 'arithmetic', 'answer': 114}
     """
     ops = _check_args(n, num_digits, operations, split)
     a, codes, b = _decode(_split_indices(n, num_digits, ops, seed, split), num_digits, ops)
@@ -164,3 +164,4 @@ def warm_start_records(n: int, *, num_digits: int, operations: Sequence[str], se
                                   seed=seed, split="train")
         out += [r | {"id": f"arith-train{k}d-{i}"} for i, r in enumerate(recs)]
     return out
+

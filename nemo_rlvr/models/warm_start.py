@@ -3,13 +3,26 @@
 RL from a random policy on arithmetic never sees a reward, so the tiny recipe first
 trains briefly on "prompt + answer + eos" (loss on answer tokens and eos only), stopping
 part way: the policy is right some of the time and RL has headroom to show. Optimizer:
-AdamW (betas 0.9/0.95, no weight decay), a short linear warmup, then a constant `lr`;
-grad norm clipped at 1. Deterministic for a seed on one
+AdamW (betas 0.9/0.95, no weight decay), linear warmup over the first 10 % of steps, then
+cosine decay to 10 % of `lr`; grad norm clipped at 1. Deterministic for a seed on one
 machine (batches come from a seeded generator; the model has no dropout).
+
+What we measured (default TinyModelConfig, 2-digit "+", batch 64, lr 3e-3, 2000 examples,
+200 val prompts, 1 thread on a shared 2-core CPU, ~0.1 s a step when the machine is quiet):
+- The model learns the answer length and first digit in ~200 steps, then sits at ~10 %
+  (the last digit is a guess) until it learns the ones-digit table: a jump from ~10 % to
+  ~99 % within ~100 steps, at a seed-dependent step.
+- Mixing in 25 % one-digit problems (data/arithmetic.py `warm_start_records`) brings the
+  jump forward: after 800 cosine steps (4000 examples) 100 % with the mix, 14 % without.
+- Even so a fixed step count lands anywhere: 300 / 400 / 500 steps gave 71 / 12 / 99 %
+  (seed 0) and 18 / 6 / 40 % (seed 1). Stopping at 50 % on held-out train problems
+  (`stop_accuracy=0.5`, cap 800 steps) ended at 430 and 490 steps with 55 / 56.5 % val
+  (seeds 0, 1); seeds 2 and 3 reached the cap at 27 % val.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -48,13 +61,16 @@ def _encode(tokenizer: PreTrainedTokenizerBase, records: Sequence[Mapping[str, A
 
 
 def _lr_at(step: int, steps: int, lr: float) -> float:
-    """Linear warmup over the first min(20, steps // 10) steps, then constant; step is 1-based.
+    """Linear warmup over 10 % of the steps, then cosine to 0.1 * lr; step is 1-based.
 
-    Constant, not decaying: the run usually ends on `stop_accuracy`, and where it stops
-    should not depend on the step budget.
+    The decay matters: the last answer digit is typically learned only once the lr has
+    come down (at a constant 2e-3..3e-3 runs stall at ~10 % accuracy for 800+ steps).
     """
-    warm = max(1, min(20, steps // 10))
-    return lr * min(1.0, step / warm)
+    warm = max(1, steps // 10)
+    if step <= warm:
+        return lr * step / warm
+    t = (step - warm) / max(1, steps - warm)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def warm_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,

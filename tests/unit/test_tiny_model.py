@@ -184,3 +184,31 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("NEMO_RLVR_CACHE", str(tmp_path / "env-cache"))
     path = tiny_model_dir(ModelConfig(tiny=TinyModelConfig(num_layers=1)), DataConfig(), seed=0)
     assert path.parent == tmp_path / "env-cache"
+
+
+def test_warm_start_stops_on_accuracy(tok, monkeypatch):
+    import nemo_rlvr.models.warm_start as ws_mod
+
+    recs = arithmetic_records(16, num_digits=1, operations=["+"], seed=0, split="train")
+    model = build_tiny_model(TinyModelConfig(num_layers=1), tok, seed=0)
+    cfg = WarmStartConfig(steps=50, batch_size=4)
+    with pytest.raises(ValueError, match="stop_records"):
+        warm_start(model, tok, recs, cfg, seed=0, stop_accuracy=0.5)
+    monkeypatch.setattr(ws_mod, "greedy_accuracy", lambda *a, **k: 0.75)
+    out = warm_start(model, tok, recs, cfg, seed=0, stop_records=recs[:2], stop_accuracy=0.5, eval_every=3)
+    assert out["warm_start/steps"] == 3 and out["warm_start/stop_accuracy"] == 0.75
+
+
+def test_tiny_model_dir_race_loser_uses_the_winners_folder(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    def rename_after_another_process_won(src, dst):
+        shutil.copytree(src, dst)  # the other process's finished folder
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(os, "rename", rename_after_another_process_won)
+    cfg = ModelConfig(cache_dir=str(tmp_path), tiny=TinyModelConfig(num_layers=1))
+    path = tiny_model_dir(cfg, DataConfig(), seed=0)
+    assert (path / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # the loser's temp folder is gone
