@@ -16,8 +16,8 @@ What we measured (default TinyModelConfig, 2-digit "+", batch 64, lr 3e-3, 2000 
   jump forward: after 800 cosine steps (4000 examples) 100 % with the mix, 14 % without.
 - Even so a fixed step count lands anywhere: 300 / 400 / 500 steps gave 71 / 12 / 99 %
   (seed 0) and 18 / 6 / 40 % (seed 1). Stopping at 50 % on held-out train problems
-  (`stop_accuracy=0.5`, cap 800 steps) ended at 430 and 490 steps with 55 / 56.5 % val
-  (seeds 0, 1); seeds 2 and 3 reached the cap at 27 % val.
+  (`stop_accuracy=0.5`, cap 800 steps), seeds 0-5: four stopped, at 430 / 490 / 260 / 690
+  steps with 55 / 56.5 / 62.5 / 50.5 % val; seeds 2 and 3 reached the cap at 27 / 26.5 %.
 """
 
 from __future__ import annotations
