@@ -65,7 +65,7 @@ def smollm2_dir(cache_dir: str | os.PathLike[str] | None = None) -> str:
 
 def tiny_dir() -> str:
     from nemo_rlvr.config import DataConfig, ModelConfig
-    from nemo_rlvr.models.cache import tiny_model_dir
+    from nemo_rlvr.models.tiny import tiny_model_dir
 
     return str(tiny_model_dir(ModelConfig(), DataConfig(), 0))
 

@@ -32,7 +32,7 @@ def resolve_model_dir(cfg: RunConfig) -> str:
             raise ConfigError(f"model.path={cfg.model.path!r} is not a Hugging Face model folder (no "
                               f"config.json). Give a local folder written by save_pretrained.")
         return str(path)
-    from nemo_rlvr.models.cache import tiny_model_dir
+    from nemo_rlvr.models.tiny import tiny_model_dir
 
     return str(tiny_model_dir(cfg.model, cfg.data, cfg.seed))
 

@@ -11,6 +11,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("OMP_NUM_THREADS", "1")   # tests share 2 cores with Ray actors and sandboxes
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -36,7 +37,7 @@ def pytest_collection_modifyitems(config, items):
 def tiny_model_dir(tmp_path_factory) -> str:
     """A cached tiny Qwen2 + tokenizer folder (no warm start), built once per session."""
     from nemo_rlvr.config import DataConfig, ModelConfig
-    from nemo_rlvr.models.cache import tiny_model_dir as build
+    from nemo_rlvr.models.tiny import tiny_model_dir as build
 
     cache = os.environ.get("NEMO_RLVR_CACHE") or str(tmp_path_factory.mktemp("cache"))
     return str(build(ModelConfig(cache_dir=cache), DataConfig(), seed=0))

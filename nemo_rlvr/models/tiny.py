@@ -215,8 +215,14 @@ def _build_into(out: Path, model_cfg: ModelConfig, data_cfg: DataConfig, seed: i
         stop_records = arithmetic_records(ws.num_examples + STOP_EVAL_SIZE, num_digits=data_cfg.num_digits,
                                           operations=data_cfg.operations, seed=seed,
                                           split="train")[ws.num_examples:]
-        metrics = warm_start(model, tokenizer, records, ws, seed, stop_records=stop_records,
-                             stop_accuracy=ws.stop_accuracy, eval_every=STOP_EVAL_EVERY)
+        log.info("tiny model: warm start, up to %d supervised steps (cached for later runs) ...", ws.steps)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # 2 threads on 2 shared cores ran 10-30x slower whenever anything else ran
+        try:
+            metrics = warm_start(model, tokenizer, records, ws, seed, stop_records=stop_records,
+                                 stop_accuracy=ws.stop_accuracy, eval_every=STOP_EVAL_EVERY)
+        finally:
+            torch.set_num_threads(threads)
         try:
             val = arithmetic_records(data_cfg.val_size, num_digits=data_cfg.num_digits,
                                      operations=data_cfg.operations, seed=data_cfg.shuffle_seed, split="val")

@@ -34,7 +34,7 @@ CRASH_VAR = "NEMO_RLVR_TEST_CRASH_IN_CHECKPOINT"
 def model_dir(tmp_path_factory) -> str:
     """The tiny Qwen2 + tokenizer folder (no warm start), cached under $NEMO_RLVR_CACHE."""
     from nemo_rlvr.config import DataConfig, ModelConfig
-    from nemo_rlvr.models.cache import tiny_model_dir
+    from nemo_rlvr.models.tiny import tiny_model_dir
 
     cache = os.environ.get("NEMO_RLVR_CACHE") or str(tmp_path_factory.mktemp("cache"))
     return str(tiny_model_dir(ModelConfig(cache_dir=cache), DataConfig(), seed=0))

@@ -23,7 +23,7 @@ from nemo_rlvr.rollout.base import Prompt
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     from nemo_rlvr.config import DataConfig, ModelConfig
-    from nemo_rlvr.models.cache import tiny_model_dir
+    from nemo_rlvr.models.tiny import tiny_model_dir
 
     cache = os.environ.get("NEMO_RLVR_CACHE") or str(tmp_path_factory.mktemp("cache"))
     return str(tiny_model_dir(ModelConfig(cache_dir=cache), DataConfig(), seed=0))
