@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,11 +32,11 @@ class MemorySampler(threading.Thread):
     def __init__(self, period: float = 0.25):
         super().__init__(daemon=True)
         self.period, self.peak, self.peak_split = period, 0, {}
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         me = psutil.Process()
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             total, split = 0, {}
             for p in [me, *me.children(recursive=True)]:
                 try:
@@ -48,10 +49,10 @@ class MemorySampler(threading.Thread):
                 split[f"{p.pid} {name}"] = mem
             if total > self.peak:
                 self.peak, self.peak_split = total, split
-            self._stop.wait(self.period)
+            self._halt.wait(self.period)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
@@ -62,7 +63,9 @@ def main(argv: list[str]) -> None:
 
     recipe = next((a for a in argv if "=" not in a), None)
     overrides = [a for a in argv if "=" in a]
+    out = tempfile.mkdtemp(prefix="nemo_rlvr_bench_")   # a fresh run folder: nothing to resume
     cfg = load_config(recipe, ["train.steps=20", "name=bench_step_breakdown", "logging.console=false",
+                               f"output_dir={out}",
                                "validation.every_steps=0", "checkpoint.export_hf=false", *overrides])
     sampler = MemorySampler()
     sampler.start()
