@@ -56,6 +56,24 @@ _CHUNK_TARGET_S = 0.02
 """Chunks hold about this much work: fewer round trips, still balanced at the tail."""
 METRIC_KEYS = ("verifier/samples", "verifier/seconds", "verifier/errors", "verifier/timeouts",
                "verifier/crashes")
+
+
+class Counters(dict):
+    """Verifier metric counters (`METRIC_KEYS` and any extra keys); `pop_all` returns and resets."""
+
+    def __init__(self, keys: Sequence[str] = METRIC_KEYS):
+        super().__init__(dict.fromkeys(keys, 0.0))
+
+    def add_batch(self, out: Sequence[Score], seconds: float) -> None:
+        self["verifier/samples"] += len(out)
+        self["verifier/errors"] += sum(s.error is not None for s in out)
+        self["verifier/seconds"] += seconds
+
+    def pop_all(self) -> dict[str, float]:
+        out = dict(self)
+        for k in self:
+            self[k] = 0.0
+        return out
 """errors: samples whose score has `error` set (any cause, timeouts and crashes included);
 timeouts: samples killed at their time limit; crashes: workers that died mid-sample."""
 
@@ -120,19 +138,16 @@ class InlineScorer:
     def __init__(self, cfg: EnvConfig):
         self.cfg = cfg
         self._envs = _EnvCache(cfg.module)
-        self._stats = dict.fromkeys(METRIC_KEYS, 0.0)
+        self._stats = Counters()
 
     def score(self, samples: Sequence[Sample]) -> list[Score]:
         t0 = time.perf_counter()
         out = [self._envs.score(s.env or self.cfg.name, s.text, s.fields) for s in samples]
-        self._stats["verifier/samples"] += len(out)
-        self._stats["verifier/errors"] += sum(s.error is not None for s in out)
-        self._stats["verifier/seconds"] += time.perf_counter() - t0
+        self._stats.add_batch(out, time.perf_counter() - t0)
         return out
 
     def metrics(self) -> dict[str, float]:
-        out, self._stats = self._stats, dict.fromkeys(METRIC_KEYS, 0.0)
-        return out
+        return self._stats.pop_all()
 
     def close(self) -> None:
         pass
@@ -268,7 +283,7 @@ class VerifierPool:
         self._closed = False
         self._startup_failures = 0
         self._item_s = 0.005  # running estimate of seconds per sample, sizes chunks
-        self._stats = dict.fromkeys(METRIC_KEYS, 0.0)
+        self._stats = Counters()
         self._finalizer = weakref.finalize(self, _kill_all, self._workers)
         _LIVE_POOLS.add(self)
         for _ in range(cfg.num_workers):
@@ -284,15 +299,12 @@ class VerifierPool:
                 out = [Score(0.0, {}, "verifier pool is closed") for _ in samples]
             else:
                 out = self._score_guarded(samples)
-        self._stats["verifier/samples"] += len(out)
-        self._stats["verifier/errors"] += sum(s.error is not None for s in out)
-        self._stats["verifier/seconds"] += time.perf_counter() - t0
+        self._stats.add_batch(out, time.perf_counter() - t0)
         return out
 
     def metrics(self) -> dict[str, float]:
         """Counters since the last call (then reset); keys in METRIC_KEYS."""
-        out, self._stats = self._stats, dict.fromkeys(METRIC_KEYS, 0.0)
-        return out
+        return self._stats.pop_all()
 
     def worker_pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers if w.proc.pid is not None]

@@ -19,7 +19,7 @@ import httpx
 
 from nemo_rlvr.config import EnvConfig
 from nemo_rlvr.envs.base import Score
-from nemo_rlvr.envs.pool import METRIC_KEYS
+from nemo_rlvr.envs.pool import METRIC_KEYS, Counters
 from nemo_rlvr.rollout.base import Sample
 
 MAX_BATCH = 512
@@ -42,25 +42,21 @@ class RemoteScorer:
         with `workers` from the server's /health (the most a healthy server can take)."""
         self._server_workers: int | None = None
         self._client = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0))
-        self._stats = dict.fromkeys((*METRIC_KEYS, "verifier/remote_failures"), 0.0)
+        self._stats = Counters((*METRIC_KEYS, "verifier/remote_failures"))
 
     def score(self, samples: Sequence[Sample]) -> list[Score]:
         t0 = time.perf_counter()
         out: list[Score] = []
         for start in range(0, len(samples), MAX_BATCH):
             out += self._score_batch(samples[start:start + MAX_BATCH])
-        st = self._stats
-        st["verifier/samples"] += len(out)
-        st["verifier/errors"] += sum(s.error is not None for s in out)
-        st["verifier/timeouts"] += sum((s.error or "").startswith("timeout") for s in out)
-        st["verifier/seconds"] += time.perf_counter() - t0
+        self._stats.add_batch(out, time.perf_counter() - t0)
+        self._stats["verifier/timeouts"] += sum((s.error or "").startswith("timeout") for s in out)
         return out
 
     def metrics(self) -> dict[str, float]:
         """Counters since the last call (then reset). `verifier/crashes` happen server-side and
         are not seen here; `verifier/remote_failures` counts requests that failed for good."""
-        out, self._stats = self._stats, dict.fromkeys(self._stats, 0.0)
-        return out
+        return self._stats.pop_all()
 
     def close(self) -> None:
         self._client.close()
