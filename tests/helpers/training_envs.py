@@ -17,3 +17,13 @@ class DigitShareEnv:
 
     def score(self, samples):
         return [score_safely(self, s.text, s.fields) for s in samples]
+
+
+def write_addition_prompts(folder):
+    """A JSONL of `a+b=` prompts without "env" (they go to `env.name`); returns its path."""
+    import json
+
+    path = folder / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": a + b}) + "\n"
+                            for a in range(10, 40) for b in range(10, 14)))
+    return path

@@ -10,6 +10,7 @@ import torch
 from nemo_rlvr.config import load_config
 from nemo_rlvr.learner.packing import collate
 from nemo_rlvr.rollout.base import SamplingParams
+from tests.helpers.training_envs import write_addition_prompts
 
 STEP_KEYS = {
     "step", "train/reward_mean", "train/reward_std", "train/accuracy", "train/response_len_mean",
@@ -28,9 +29,7 @@ def ray_run(tiny_model_dir, tmp_path_factory):
     from nemo_rlvr.controller import train
 
     out = tmp_path_factory.mktemp("runs")
-    data = out / "prompts.jsonl"   # records without "env": they go to env.name
-    data.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": a + b}) + "\n"
-                            for a in range(10, 40) for b in range(10, 14)))
+    data = write_addition_prompts(out)
     cfg = load_config(None, [f"model.path={tiny_model_dir}", "train.steps=3", f"output_dir={out}",
                              f"data.source={data}", "env.name=digit_share",
                              "env.module=tests.helpers.training_envs",

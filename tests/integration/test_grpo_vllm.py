@@ -22,6 +22,7 @@ import torch
 from nemo_rlvr.config import load_config
 from nemo_rlvr.learner.packing import collate
 from nemo_rlvr.rollout.base import SamplingParams
+from tests.helpers.training_envs import write_addition_prompts
 
 pytestmark = [
     pytest.mark.vllm,
@@ -45,9 +46,7 @@ def vllm_run(tiny_model_dir, tmp_path_factory):
     from nemo_rlvr.controller import train
 
     out = tmp_path_factory.mktemp("vllm_runs")
-    data = out / "prompts.jsonl"   # records without "env": they go to env.name
-    data.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": a + b}) + "\n"
-                            for a in range(10, 40) for b in range(10, 14)))
+    data = write_addition_prompts(out)
     recipe = Path(__file__).resolve().parents[2] / RECIPE
     cfg = load_config(recipe, [
         f"model.path={tiny_model_dir}", f"output_dir={out}", f"data.source={data}", "data.val_size=16",
