@@ -167,6 +167,10 @@ class EnvConfig(_Cfg):
     """Per-sample time limit; a hang past it is reward 0 with error 'timeout'."""
     max_retries: int = Field(1, ge=0)
     """Retries of a sample whose worker crashed, and of a failed remote request."""
+    options: dict[str, Any] = {}
+    """Constructor arguments of the default environment (env.name), checked before workers
+    start, e.g. for code {timeout_s: 5, memory_mb: 512, max_parallel: 1}. Records naming
+    another env get its defaults. With env.url, set them on the server (--env-option)."""
 
 
 class LoggingConfig(_Cfg):
@@ -245,6 +249,11 @@ class RunConfig(_Cfg):
             raise ValueError(
                 f"learner.minibatches_per_step={self.learner.minibatches_per_step} must divide "
                 f"the {n} samples of a step (train.prompts_per_step * algorithm.group_size)")
+        if self.env.url and self.env.options:
+            raise ValueError(
+                f"env.options={self.env.options!r} has no effect with env.url={self.env.url!r}: the "
+                f"server builds the environment. Start it with `nemo-rlvr serve-env --env-option "
+                f"KEY=VALUE`, and drop env.options here")
         if self.model.path is None and self.model.dtype != "float32":
             raise ValueError("model.dtype=bfloat16 needs model.path; the tiny model trains in float32")
         return self

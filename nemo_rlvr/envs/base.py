@@ -19,9 +19,13 @@ Users add environments from their own module (`env.module=my_pkg.my_env`):
 from __future__ import annotations
 
 import importlib
+import inspect
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+
+import pydantic
 
 from nemo_rlvr.rollout.base import Sample
 
@@ -70,8 +74,8 @@ def load_builtin_envs() -> None:
     import nemo_rlvr.envs  # noqa: F401  (its __init__ imports the built-ins)
 
 
-def get_env(name: str, module: str | None = None, **kwargs: Any) -> Environment:
-    """Instantiate a registered environment; `module` is imported first (user plug-ins)."""
+def env_class(name: str, module: str | None = None) -> type:
+    """The registered class for `name`; `module` is imported first (user plug-ins)."""
     load_builtin_envs()
     if module:
         try:
@@ -87,7 +91,55 @@ def get_env(name: str, module: str | None = None, **kwargs: Any) -> Environment:
             f"{', '.join(sorted(ENVIRONMENTS))}. Register your own with @register_env and "
             f"point env.module at its module."
         )
-    return ENVIRONMENTS[name](**kwargs)
+    return ENVIRONMENTS[name]
+
+
+def get_env(name: str, module: str | None = None, **kwargs: Any) -> Environment:
+    """Instantiate a registered environment with constructor keyword arguments `kwargs`."""
+    return env_class(name, module)(**kwargs)
+
+
+class EnvOptionError(UnknownEnvError):
+    """`env.options` does not fit the environment's constructor; the message names the key."""
+
+
+def check_env_options(name: str, module: str | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check `options` against the constructor of env `name` (names, and types where annotated).
+
+    Returns the options as the constructor will get them (e.g. 5 -> 5.0 for a float).
+    Raises EnvOptionError naming the option, what the constructor accepts, and the fix, so a
+    typo fails before any worker starts instead of scoring every sample 0.
+    """
+    cls = env_class(name, module)
+    params = {k: p for k, p in inspect.signature(cls).parameters.items()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
+    accepted = ", ".join(f"{k}={p.default!r}" if p.default is not p.empty else k for k, p in params.items())
+    unknown = sorted(set(options) - set(params))
+    if unknown and not takes_any:
+        raise EnvOptionError(
+            f"env.options.{unknown[0]}: environment {name!r} has no option {unknown[0]!r}; it accepts "
+            f"{accepted or 'no options'}. Fix the key (env.options.KEY=VALUE, or --env-option "
+            f"KEY=VALUE on verify/serve-env) or remove it.")
+    try:
+        hints = typing.get_type_hints(cls.__init__, include_extras=True)
+    except Exception:  # unresolvable annotations in a user env: names are checked, types are not
+        hints = {}
+    out = dict(options)
+    for key, value in options.items():
+        if key not in hints:
+            continue
+        try:
+            out[key] = pydantic.TypeAdapter(hints[key]).validate_python(value)
+        except pydantic.ValidationError as e:
+            msg = e.errors()[0]["msg"]
+            raise EnvOptionError(f"env.options.{key}={value!r}: {msg} (environment {name!r} takes "
+                                 f"{accepted}).") from None
+    missing = [k for k, p in params.items() if p.default is p.empty and k not in out]
+    if missing:
+        raise EnvOptionError(f"env.options: environment {name!r} needs option {missing[0]!r} "
+                             f"(it takes {accepted}); set env.options.{missing[0]}=VALUE.")
+    return out
 
 
 def score_safely(env: Environment, response: str, fields: Mapping[str, Any]) -> Score:

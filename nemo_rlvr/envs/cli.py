@@ -44,6 +44,18 @@ def _non_negative_int(text: str) -> int:
     return v
 
 
+def _env_option(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. timeout_s=5)")
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        return key.strip(), raw
+
+
 def _add_env_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", required=True, help="environment for records without an 'env' field "
                                                 "(math, code, tool_call, instruction, arithmetic, ...)")
@@ -55,6 +67,9 @@ def _add_env_args(p: argparse.ArgumentParser) -> None:
                    help="per-record time limit in seconds; a record past it scores 0 with error 'timeout'")
     p.add_argument("--max-retries", type=_non_negative_int, default=1, metavar="K",
                    help="retries of a record whose worker crashed")
+    p.add_argument("--env-option", action="append", default=[], type=_env_option, metavar="KEY=VALUE",
+                   help="constructor argument of the --env environment (repeatable; VALUE is YAML), e.g. "
+                        "--env-option timeout_s=5 --env-option max_parallel=1 for code")
 
 
 def add_verify_args(p: argparse.ArgumentParser) -> None:
@@ -79,12 +94,13 @@ def _env_config(args: argparse.Namespace) -> Any:
     from nemo_rlvr.config import EnvConfig
 
     return EnvConfig(name=args.env, module=args.env_module, num_workers=args.workers,
-                     timeout_s=args.timeout_s, max_retries=args.max_retries)
+                     timeout_s=args.timeout_s, max_retries=args.max_retries, options=dict(args.env_option))
 
 
-def check_env(name: str, module: str | None) -> None:
-    """Raise UsageError unless `module` imports and `name` is a registered environment."""
-    from nemo_rlvr.envs.base import ENVIRONMENTS, load_builtin_envs
+def check_env(name: str, module: str | None, options: dict[str, Any] | None = None) -> None:
+    """Raise UsageError unless `module` imports, `name` is a registered environment, and its
+    constructor takes `options` (--env-option)."""
+    from nemo_rlvr.envs.base import ENVIRONMENTS, EnvOptionError, check_env_options, load_builtin_envs
 
     load_builtin_envs()
     if module:
@@ -100,6 +116,11 @@ def check_env(name: str, module: str | None) -> None:
             f"--env {name!r} is not a registered environment; known: {', '.join(sorted(ENVIRONMENTS))}. "
             f"Pick one of these, or register your own with @register_env in a module and pass it "
             f"with --env-module my_pkg.my_env.")
+    if options:
+        try:
+            check_env_options(name, module, options)
+        except EnvOptionError as e:
+            raise UsageError(f"--env-option: {e}") from None
 
 
 # ------------------------------------------------------------------ verify
@@ -125,7 +146,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.output != "-" and not os.path.isdir(out_dir):
         raise UsageError(f"--output {args.output!r}: folder {out_dir!r} does not exist. Create it first, "
                          f"or write somewhere else.")
-    check_env(args.env, args.env_module)
+    check_env(args.env, args.env_module, dict(args.env_option))
     t0 = time.perf_counter()
     scorer = make_scorer(_env_config(args))
     n = errors = 0
@@ -200,7 +221,7 @@ def _open_out(path: str) -> Iterator[IO[str]]:
 def serve_main(args: argparse.Namespace) -> int:
     """Run the env server until interrupted."""
     try:
-        check_env(args.env, args.env_module)
+        check_env(args.env, args.env_module, dict(args.env_option))
     except UsageError as e:
         print(f"nemo-rlvr serve-env: {e}", file=sys.stderr)
         return EXIT_USAGE

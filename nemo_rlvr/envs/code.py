@@ -23,7 +23,9 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Annotated, Any
+
+from annotated_types import Ge, Gt
 
 from nemo_rlvr.envs.base import Score, register_env, score_safely
 from nemo_rlvr.envs.sandbox import SandboxError, SandboxMode, run_sandboxed
@@ -201,13 +203,18 @@ def prepare_test(test: str) -> tuple[str, bool]:
 class CodeEnv:
     name = "code"
 
-    def __init__(self, timeout_s: float = 5.0, memory_mb: int = 1024, max_procs: int = 32,
-                 max_output_bytes: int = 64 << 10, max_parallel: int = 4,
-                 sandbox_mode: SandboxMode | None = None):
-        """Limits are per test; `max_parallel` tests of one record run at once."""
+    def __init__(self, timeout_s: Annotated[float, Gt(0)] = 5.0, memory_mb: Annotated[int, Ge(16)] = 1024,
+                 max_procs: Annotated[int, Ge(1)] = 32, max_output_bytes: Annotated[int, Ge(0)] = 64 << 10,
+                 max_parallel: Annotated[int, Ge(1)] = 4, sandbox_mode: SandboxMode | None = None):
+        """Limits are per test; `max_parallel` tests of one record run at once (env.options
+        checks these bounds before workers start; see docs/verifiers.md)."""
+        for name, value, low in (("timeout_s", timeout_s, 0), ("memory_mb", memory_mb, 15),
+                                 ("max_procs", max_procs, 0), ("max_parallel", max_parallel, 0)):
+            if not value > low:
+                raise ValueError(f"code env: {name}={value!r} must be > {low}")
         self.limits = {"timeout_s": timeout_s, "memory_mb": memory_mb, "max_procs": max_procs,
                        "max_output_bytes": max_output_bytes, "mode": sandbox_mode}
-        self.max_parallel = max(1, max_parallel)
+        self.max_parallel = max_parallel
 
     def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
         tests, entry, bad = _read_fields(fields)

@@ -40,7 +40,8 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from nemo_rlvr.config import EnvConfig
-from nemo_rlvr.envs.base import ENVIRONMENTS, Environment, Score, UnknownEnvError, get_env, score_safely
+from nemo_rlvr.envs.base import (ENVIRONMENTS, Environment, Score, UnknownEnvError, check_env_options, get_env,
+                                 score_safely)
 from nemo_rlvr.envs.records import record_to_sample, scored_record
 from nemo_rlvr.rollout.base import Sample
 
@@ -107,16 +108,19 @@ def checked_score(env: Environment, text: str, fields: Mapping[str, Any]) -> Sco
 
 
 class _EnvCache:
-    """Environments by name, built on first use; a failed build is remembered as its error."""
+    """Environments by name, built on first use; a failed build is remembered as its error.
 
-    def __init__(self, module: str | None):
+    `options` are constructor arguments for the env named `default` (env.options)."""
+
+    def __init__(self, module: str | None, default: str | None = None, options: Mapping[str, Any] | None = None):
         self.module = module
+        self._kwargs = {default: dict(options or {})}
         self._envs: dict[str, Environment | str] = {}
 
     def get(self, name: str) -> Environment | str:
         if name not in self._envs:
             try:
-                self._envs[name] = get_env(name, self.module)
+                self._envs[name] = get_env(name, self.module, **self._kwargs.get(name, {}))
             except Exception as e:  # bad module, unknown env, failing constructor: its samples score 0
                 unknown = isinstance(e, UnknownEnvError) and name not in ENVIRONMENTS and (
                     self.module is None or self.module in sys.modules)
@@ -137,7 +141,8 @@ class InlineScorer:
 
     def __init__(self, cfg: EnvConfig):
         self.cfg = cfg
-        self._envs = _EnvCache(cfg.module)
+        self._envs = _EnvCache(cfg.module, cfg.name,
+                               check_env_options(cfg.name, cfg.module, cfg.options) if cfg.options else {})
         self._stats = Counters()
 
     def score(self, samples: Sequence[Sample]) -> list[Score]:
@@ -156,12 +161,12 @@ class InlineScorer:
 # ------------------------------------------------------------------ worker process
 
 
-def _worker_main(conn: Connection, default_env: str, module: str | None) -> None:
+def _worker_main(conn: Connection, default_env: str, module: str | None, options: dict[str, Any]) -> None:
     """Worker loop: chunks in, one result tuple per sample out, until None or EOF."""
     os.setsid()  # own session and process group: killpg reaches whatever the env spawns
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent()
-    envs = _EnvCache(module)
+    envs = _EnvCache(module, default_env, options)
     envs.get(default_env)  # build (and import) the default env before taking work
     conn.send(_READY)
     while True:
@@ -274,6 +279,7 @@ class VerifierPool:
             raise ValueError(f"env.num_workers={cfg.num_workers}: a VerifierPool needs >= 1 worker; "
                              f"use InlineScorer (make_scorer with env.num_workers=0) to score in-process.")
         self.cfg = cfg
+        self._options = check_env_options(cfg.name, cfg.module, cfg.options) if cfg.options else {}
         self._ctx = mp.get_context("forkserver")  # never fork a process that may hold threads/Ray
         self._ctx.set_forkserver_preload([__name__])  # workers start with envs + this module imported
         self._lock = threading.Lock()
@@ -511,7 +517,7 @@ class VerifierPool:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_worker_main, args=(child, self.cfg.name, self.cfg.module),
+        proc = self._ctx.Process(target=_worker_main, args=(child, self.cfg.name, self.cfg.module, self._options),
                                  name="verifier-worker", daemon=False)
         proc.start()
         child.close()

@@ -113,3 +113,26 @@ class CrashLeavingChildEnv(_Base):
         with open(fields["pid_file"], "a") as f:
             f.write(f"{p.pid}\n")
         os._exit(3)
+
+
+@register_env("test_scaled")
+class ScaledEnv(_Base):
+    """Reward = scale * float(response); `tag` goes into the components' key. Takes options."""
+
+    name = "test_scaled"
+
+    def __init__(self, scale: float = 1.0, tag: str = "pid"):
+        self.scale, self.tag = scale, tag
+
+    def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
+        return Score(self.scale * float(response), {self.tag: float(os.getpid())})
+
+
+@register_env("test_needs_option")
+class NeedsOptionEnv(ScaledEnv):
+    """Like test_scaled, but `scale` has no default: env.options must give it."""
+
+    name = "test_needs_option"
+
+    def __init__(self, scale: float, **extra: Any):
+        super().__init__(scale)
