@@ -28,6 +28,7 @@ any thread; the verifier pool enforces the per-sample time limit with worker pro
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -358,6 +359,15 @@ def _gold_text(value: Any) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(gold: str) -> tuple[tuple[Any, ...], str]:
+    """(parses, kind) of a reference answer, cached: the 8-16 responses of a GRPO group share
+    one gold, and a worker scores them one after another (the pool keeps them together).
+    sympy expressions are immutable, so sharing them between samples is safe."""
+    parsed = tuple(parse_answer(gold))
+    return parsed, answer_kind(parsed) if parsed else ""
+
+
 @register_env("math")
 class MathEnv:
     """Reward 1 iff the response's final answer exactly equals `answer` (see module docstring)."""
@@ -379,7 +389,7 @@ class MathEnv:
                          f"reference answer as a string such as \"42\" or \"\\\\frac{{1}}{{2}}\"")
         if not isinstance(response, str):
             return Score(0.0, zero, f"response must be a string, got {type(response).__name__}")
-        gold_parsed = parse_answer(gold)
+        gold_parsed, gold_kind = _parse_gold(gold)
         if not gold_parsed:
             return Score(0.0, zero, f"env field 'answer'={gold!r:.80} could not be parsed; write it "
                          f"as LaTeX or a plain number")
@@ -390,7 +400,6 @@ class MathEnv:
         distinct = list(dict.fromkeys(a.strip() for a in answers))
         if len(distinct) > MAX_DISTINCT_BOXES or any(len(a) > MAX_ANSWER_CHARS for a in distinct):
             return Score(0.0, has)
-        gold_kind = answer_kind(gold_parsed)
         if tail_hedge_reason(tail, gold) is not None:
             return Score(0.0, has)  # "\\boxed{3} (possibly 4)": a hedge after the answer
         for answer in distinct:
@@ -403,7 +412,7 @@ class MathEnv:
                 return Score(0.0, has)  # a list, set or range for a single-valued answer
             if any(map(is_huge, pred)) and not any(map(is_huge, gold_parsed)):
                 return Score(0.0, has)
-            if not is_equivalent(gold_parsed, pred):
+            if not is_equivalent(list(gold_parsed), pred):
                 return Score(0.0, has)
         return Score(1.0, {"has_answer": 1.0, "correct": 1.0})
 

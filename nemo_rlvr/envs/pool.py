@@ -1,7 +1,8 @@
 """Verifier pool: scores samples in worker processes, time-bounded, crash-isolated, in order.
 
     score(samples) ──► todo: deque[sample index]
-                        │  chunks of (idx, env, text, fields), ≤ 2 chunks ahead per worker
+                        │  chunks of (idx, env, text, fields), ≤ 2 chunks ahead per worker;
+                        │  a chunk does not split a group (same env + fields) while balanced
            ┌────────────┼────────────┐
            ▼            ▼            ▼
        worker 0     worker 1 ... worker N-1      forkserver processes, each its own session
@@ -400,14 +401,29 @@ class VerifierPool:
             w.chunks.append(len(ids))
 
     def _take_chunk(self, b: _Batch) -> list[int]:
+        """The next samples for one worker: about _CHUNK_TARGET_S of work, extended so that it
+        does not split a run of samples with the same env and fields (a GRPO group: one
+        reference answer), as long as the batch stays balanced across workers."""
         if b.todo[0] in b.suspects:
             return [b.todo.popleft()]
         per_worker = math.ceil(len(b.todo) / (2 * len(self._workers)))
         k = max(1, min(64, per_worker, int(_CHUNK_TARGET_S / self._item_s)))
+        k_group = max(k, min(64, per_worker))
         ids: list[int] = []
-        while b.todo and len(ids) < k and b.todo[0] not in b.suspects:
+        while b.todo and b.todo[0] not in b.suspects and (
+                len(ids) < k or (len(ids) < k_group and self._same_group(b, ids[-1], b.todo[0]))):
             ids.append(b.todo.popleft())
         return ids
+
+    @staticmethod
+    def _same_group(b: _Batch, i: int, j: int) -> bool:
+        """Samples i and j share env and fields, so an env's per-worker caches (math: the parsed
+        reference answer) serve both when one worker scores them."""
+        (_, env_i, _, fields_i), (_, env_j, _, fields_j) = b.items[i], b.items[j]
+        try:
+            return env_i == env_j and (fields_i is fields_j or fields_i == fields_j)
+        except Exception:  # fields whose __eq__ raises (numpy arrays): treat as different
+            return False
 
     def _pickle_chunk(self, ids: list[int], b: _Batch) -> bytes | None:
         """Pickle a chunk; samples that cannot be pickled are scored 0 here and left out."""

@@ -221,3 +221,44 @@ def test_score_records_with_a_config():
     assert out[0] == {**records[0], "reward": 1.0, "reward_components": {"correct": 1.0}, "error": None}
     assert out[1] == {**records[1], "reward": 0.0, "reward_components": {"correct": 0.0}, "error": None}
     assert os.getpid()  # scored in-process: nothing to clean up
+
+
+def test_chunks_keep_a_group_together_while_the_batch_stays_balanced():
+    """40 samples in 5 groups of 8 (equal fields), 2 workers, ~5 ms per sample: a chunk holds
+    about 20 ms of work (4 samples) but grows to the end of its group, up to a quarter of what
+    is left (todo / (2 * workers)); near the end of the batch groups may be split again."""
+    from collections import deque
+
+    from nemo_rlvr.envs.pool import _Batch
+
+    with VerifierPool(EnvConfig(name="test_echo", module=MODULE, num_workers=2)) as p:
+        p._item_s = 0.005
+        items = [(i, "test_echo", "1", {"answer": i // 8}) for i in range(40)]
+        b = _Batch(items, [None] * 40, deque(range(40)), [0] * 40)
+        sizes = []
+        while b.todo:
+            sizes.append(len(p._take_chunk(b)))
+        # left 40 -> cap 10: all of group 0 (8); 32 -> cap 8: group 1; 24 -> cap 6: 6 of group 2;
+        # 18 -> 4 (2 of group 2, 2 of group 3) + 1 more of group 3 (cap 5); then the tail
+        # shrinks to single samples, as without groups, so no worker idles at the end.
+        assert sizes == [8, 8, 6, 5, 4, 3, 2, 1, 1, 1, 1]
+        # different fields are never merged past the ~20 ms target
+        items = [(i, "test_echo", "1", {"answer": i}) for i in range(40)]
+        b = _Batch(items, [None] * 40, deque(range(40)), [0] * 40)
+        assert len(p._take_chunk(b)) == 4
+        # same fields but another env: not a group
+        items = [(i, "test_echo" if i % 2 else "arithmetic", "1", {"answer": 1}) for i in range(40)]
+        b = _Batch(items, [None] * 40, deque(range(40)), [0] * 40)
+        assert len(p._take_chunk(b)) == 4
+
+
+def test_a_group_is_scored_by_one_worker():
+    samples = [sample("1", "test_scaled", answer=g) for g in range(8) for _ in range(8)]
+    with VerifierPool(EnvConfig(name="test_scaled", module=MODULE, num_workers=2)) as p:
+        p.score(samples[:4])  # warm: the per-sample estimate drops to microseconds
+        p._item_s = 0.005   # as for math: ~4 samples per chunk without the group rule
+        out = p.score(samples)
+    pids = [{out[g * 8 + k].components["pid"] for k in range(8)} for g in range(8)]
+    # the first 4 chunks go out before any result: caps 16, 14, 12, 10 -> groups 0-3 whole
+    assert all(len(s) == 1 for s in pids[:4]), pids
+    assert [o.reward for o in out] == [1.0] * 64
