@@ -1,10 +1,11 @@
 """Verifier pool throughput: 2 workers vs 1 worker vs in-process, and the pool's per-sample overhead.
 
-    python benchmarks/verifiers.py [--math 2000] [--code 500] [--reps 5] [--code-reps 3] [--write-results]
+    python benchmarks/verifiers.py [--math 2000] [--code 500] [--reps 7] [--code-reps 3] [--write-results]
 
 Samples are generated procedurally (about half correct). Each configuration is warmed up
-first (worker start-up is reported apart), then timed `--reps` times, interleaved in
-alternating order so that drift in the machine's speed hits every configuration alike;
+first (worker start-up is reported apart), then timed `--reps` times; within a rep the
+configurations take turns on quarters of the samples, in alternating order, so that drift
+in the machine's speed hits every configuration alike;
 speedups are ratios within a rep, reported as the median and range over reps. Code is
 measured with max_parallel=1 (a worker scores one test at a time: the pool's own scaling)
 and with the default max_parallel=4 (tests of a record already run side by side).
@@ -15,6 +16,7 @@ scoring costs microseconds, so what remains is dispatch, IPC and bookkeeping.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
 import random
@@ -115,15 +117,16 @@ def cpu_seconds(scorer) -> float:
 
 
 def bench(make, n: int, env: str, reps: int, timeout_s: float, options: dict | None = None,
-          warm_n: int = 240) -> dict[str, float]:
+          warm_n: int = 240, slices: int = 4) -> dict[str, float]:
     """Median seconds, CPU cores obtained, and paired speedups for inline, pool(1), pool(2).
 
     Every rep scores fresh samples (a new seed), the same for all three, so no process
     profits from caches (sympy's) filled by an earlier rep; each scorer is warmed up first
-    on other samples (lazy imports, compiled regexes). The order alternates (ABC, CBA, ...)
+    on other samples (lazy imports, compiled regexes). A rep scores its n samples in `slices`
+    score() calls per scorer, the scorers taking turns in alternating order (ABC, CBA, ...),
     and speedups are ratios within a rep: this VM's speed drifts by up to 1.5x over tens of
-    seconds (neighbours on the host), and a ratio of two runs a few seconds apart cancels most
-    of that. Reported: the median ratio and its range."""
+    seconds (neighbours on the host), and timings a second or two apart see the same speed.
+    Reported: the median ratio and its range."""
     options = options or {}
     scorers = {"inline": InlineScorer(EnvConfig(name=env, options=options))}
     startup = {}
@@ -139,15 +142,22 @@ def bench(make, n: int, env: str, reps: int, timeout_s: float, options: dict | N
     cores: dict[str, list[float]] = {k: [] for k in scorers}
     for rep in range(reps):
         samples = make(n, random.Random(rep), env=None)  # env None: the scorer's env.name, with its options
-        for k in list(scorers)[::1 if rep % 2 == 0 else -1]:
-            s = scorers[k]
-            c0, t0 = cpu_seconds(s), time.perf_counter()
-            out = s.score(samples)
-            times[k].append(time.perf_counter() - t0)
-            cores[k].append((cpu_seconds(s) - c0) / times[k][-1])
-            errs = sum(o.error is not None for o in out)
-            if errs:
-                print(f"  warning: {k} had {errs} errors, e.g. {next(o.error for o in out if o.error)}")
+        wall = dict.fromkeys(scorers, 0.0)
+        cpu = dict.fromkeys(scorers, 0.0)
+        step = math.ceil(n / slices)
+        for j, lo in enumerate(range(0, n, step)):  # slices alternate ABC, CBA, ...: drift cancels
+            for k in list(scorers)[::1 if (rep + j) % 2 == 0 else -1]:
+                s = scorers[k]
+                c0, t0 = cpu_seconds(s), time.perf_counter()
+                out = s.score(samples[lo:lo + step])
+                wall[k] += time.perf_counter() - t0
+                cpu[k] += cpu_seconds(s) - c0
+                errs = sum(o.error is not None for o in out)
+                if errs:
+                    print(f"  warning: {k} had {errs} errors, e.g. {next(o.error for o in out if o.error)}")
+        for k in scorers:
+            times[k].append(wall[k])
+            cores[k].append(cpu[k] / wall[k])
         print(f"  {env} rep {rep}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items())
               + f"; 2 vs 1 worker {times['pool1'][-1] / times['pool2'][-1]:.2f}x", flush=True)
     for s in scorers.values():
@@ -157,7 +167,7 @@ def bench(make, n: int, env: str, reps: int, timeout_s: float, options: dict | N
     speedups = [a / b for a, b in zip(times["pool1"], times["pool2"])]
     res |= {"speedup": statistics.median(speedups), "speedup_min": min(speedups), "speedup_max": max(speedups),
             "vs_inline": statistics.median(a / b for a, b in zip(times["inline"], times["pool2"])),
-            "per_core": statistics.median(sp / (c2 / c1) for sp, c1, c2 in
+            "per_core": statistics.median(sp / (c2 / c1) if c1 and c2 else math.nan for sp, c1, c2 in
                                           zip(speedups, cores["pool1"], cores["pool2"]))}
     res["startup_pool2"] = startup["pool2"]
     return res
@@ -183,7 +193,7 @@ def main() -> None:
     ap.add_argument("--math", type=int, default=2000, help="math samples (0 skips)")
     ap.add_argument("--code", type=int, default=500, help="code samples (0 skips)")
     ap.add_argument("--trivial", type=int, default=20000, help="arithmetic samples for the overhead")
-    ap.add_argument("--reps", type=int, default=5, help="reps for arithmetic and math")
+    ap.add_argument("--reps", type=int, default=7, help="reps for arithmetic and math")
     ap.add_argument("--code-reps", type=int, default=3)
     ap.add_argument("--write-results", action="store_true", help=f"write the table under {HEADING!r} "
                                                                  f"in benchmarks/RESULTS.md")
@@ -203,8 +213,9 @@ def main() -> None:
     # worker is a serial scorer); the default max_parallel=4 already runs a record's tests side
     # by side inside one worker, so a second worker has less idle CPU left to use.
     for label, env, n, make, reps, tmo, opts in (
-            ("math, 2000 problems", "math", args.math, math_samples, args.reps, 30.0, {}),
-            ("math, 250 prompts x 8 (a GRPO step)", "math", args.math, math_group_samples, args.reps, 30.0, {}),
+            (f"math, {args.math} problems", "math", args.math, math_samples, args.reps, 30.0, {}),
+            (f"math, {args.math // 8} prompts x 8 (a GRPO step)", "math", args.math, math_group_samples, args.reps,
+             30.0, {}),
             ("code, max_parallel=1", "code", args.code, code_samples, args.code_reps, 60.0, {"max_parallel": 1}),
             ("code, max_parallel=4 (default)", "code", args.code, code_samples, args.code_reps, 60.0, {})):
         if not n:
@@ -229,7 +240,8 @@ def _table(rows, ovh, lat, load0, load1, seconds, args) -> str:
         HEADING, "",
         f"`python benchmarks/verifiers.py` ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
         f"load average {load0:.1f} at start / {load1:.1f} at end; {args.reps} reps (code "
-        f"{args.code_reps}), order alternating, fresh samples each rep; {seconds:.0f} s in all). "
+        f"{args.code_reps}), fresh samples each rep, scored in 4 slices with the scorers taking turns "
+        f"in alternating order; {seconds:.0f} s in all). "
         f"Samples/s (median over reps), higher is better. Speedups are ratios of the two timings "
         f"within one rep, median and [range] over reps. \"CPU cores obtained\" = CPU seconds of the "
         f"benchmark process, its workers and their children / wall seconds; \"per core obtained\" "

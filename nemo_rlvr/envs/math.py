@@ -362,8 +362,9 @@ def _gold_text(value: Any) -> str | None:
 @functools.lru_cache(maxsize=4096)
 def _parse_gold(gold: str) -> tuple[tuple[Any, ...], str]:
     """(parses, kind) of a reference answer, cached: the 8-16 responses of a GRPO group share
-    one gold, and a worker scores them one after another (the pool keeps them together).
-    sympy expressions are immutable, so sharing them between samples is safe."""
+    one gold. math-verify itself remembers only its last 20 LaTeX strings, so without this a
+    gold is parsed again whenever other answers came in between. sympy expressions are
+    immutable, so sharing them between samples is safe."""
     parsed = tuple(parse_answer(gold))
     return parsed, answer_kind(parsed) if parsed else ""
 

@@ -41,8 +41,15 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from nemo_rlvr.config import EnvConfig
-from nemo_rlvr.envs.base import (ENVIRONMENTS, Environment, Score, UnknownEnvError, check_env_options, get_env,
-                                 score_safely)
+from nemo_rlvr.envs.base import (
+    ENVIRONMENTS,
+    Environment,
+    Score,
+    UnknownEnvError,
+    check_env_options,
+    get_env,
+    score_safely,
+)
 from nemo_rlvr.envs.records import record_to_sample, scored_record
 from nemo_rlvr.rollout.base import Sample
 

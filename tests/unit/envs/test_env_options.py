@@ -29,13 +29,13 @@ def test_options_are_checked_and_coerced_to_the_constructor_types():
 
 
 @pytest.mark.parametrize("env, options, needle", [
-    ("test_scaled", {"scael": 2}, "env.options.scael: environment 'test_scaled' has no option 'scael'; "
-                                  "it accepts scale=1.0, tag='pid'."),
+    ("test_scaled", {"scael": 2}, ("env.options.scael: environment 'test_scaled' has no option 'scael'; "
+                                   "it accepts scale=1.0, tag='pid'.")),
     ("test_scaled", {"scale": "high"}, "env.options.scale='high': Input should be a valid number"),
     ("code", {"timeout_s": 0}, "env.options.timeout_s=0: Input should be greater than 0"),
     ("code", {"max_parallel": 0}, "env.options.max_parallel=0: Input should be greater than or equal to 1"),
-    ("code", {"sandbox_mode": "docker"}, "env.options.sandbox_mode='docker': Input should be 'namespaces', "
-                                         "'userns' or 'rlimits'"),
+    ("code", {"sandbox_mode": "docker"}, ("env.options.sandbox_mode='docker': Input should be "
+                                          "'namespaces', 'userns' or 'rlimits'")),
     ("math", {"strict": True}, "environment 'math' has no option 'strict'; it accepts no options."),
     ("test_needs_option", {}, "environment 'test_needs_option' needs option 'scale'"),
 ])
