@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
+import pydantic
 from annotated_types import Ge, Gt
 
 from nemo_rlvr.envs.base import Score, register_env, score_safely
@@ -203,15 +204,12 @@ def prepare_test(test: str) -> tuple[str, bool]:
 class CodeEnv:
     name = "code"
 
+    @pydantic.validate_call
     def __init__(self, timeout_s: Annotated[float, Gt(0)] = 5.0, memory_mb: Annotated[int, Ge(16)] = 1024,
                  max_procs: Annotated[int, Ge(1)] = 32, max_output_bytes: Annotated[int, Ge(0)] = 64 << 10,
                  max_parallel: Annotated[int, Ge(1)] = 4, sandbox_mode: SandboxMode | None = None):
-        """Limits are per test; `max_parallel` tests of one record run at once (env.options
-        checks these bounds before workers start; see docs/verifiers.md)."""
-        for name, value, low in (("timeout_s", timeout_s, 0), ("memory_mb", memory_mb, 15),
-                                 ("max_procs", max_procs, 0), ("max_parallel", max_parallel, 0)):
-            if not value > low:
-                raise ValueError(f"code env: {name}={value!r} must be > {low}")
+        """Limits are per test; `max_parallel` tests of one record run at once. The bounds are
+        checked here and, for env.options, before any worker starts (check_env_options)."""
         self.limits = {"timeout_s": timeout_s, "memory_mb": memory_mb, "max_procs": max_procs,
                        "max_output_bytes": max_output_bytes, "mode": sandbox_mode}
         self.max_parallel = max_parallel

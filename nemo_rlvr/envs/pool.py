@@ -144,13 +144,17 @@ class _EnvCache:
         return Score(0.0, {}, env) if isinstance(env, str) else checked_score(env, text, fields)
 
 
+def _checked_options(cfg: EnvConfig) -> dict[str, Any]:
+    """env.options as the default env's constructor takes them; raises EnvOptionError up front."""
+    return check_env_options(cfg.name, cfg.module, cfg.options) if cfg.options else {}
+
+
 class InlineScorer:
     """Scores in the calling process, no time limit; for cheap, trusted environments (arithmetic)."""
 
     def __init__(self, cfg: EnvConfig):
         self.cfg = cfg
-        self._envs = _EnvCache(cfg.module, cfg.name,
-                               check_env_options(cfg.name, cfg.module, cfg.options) if cfg.options else {})
+        self._envs = _EnvCache(cfg.module, cfg.name, _checked_options(cfg))
         self._stats = Counters()
 
     def score(self, samples: Sequence[Sample]) -> list[Score]:
@@ -287,7 +291,7 @@ class VerifierPool:
             raise ValueError(f"env.num_workers={cfg.num_workers}: a VerifierPool needs >= 1 worker; "
                              f"use InlineScorer (make_scorer with env.num_workers=0) to score in-process.")
         self.cfg = cfg
-        self._options = check_env_options(cfg.name, cfg.module, cfg.options) if cfg.options else {}
+        self._options = _checked_options(cfg)
         self._ctx = mp.get_context("forkserver")  # never fork a process that may hold threads/Ray
         self._ctx.set_forkserver_preload([__name__])  # workers start with envs + this module imported
         self._lock = threading.Lock()
@@ -428,7 +432,7 @@ class VerifierPool:
         reference answer) serve both when one worker scores them."""
         (_, env_i, _, fields_i), (_, env_j, _, fields_j) = b.items[i], b.items[j]
         try:
-            return env_i == env_j and (fields_i is fields_j or fields_i == fields_j)
+            return env_i == env_j and fields_i == fields_j
         except Exception:  # fields whose __eq__ raises (numpy arrays): treat as different
             return False
 
