@@ -8,7 +8,7 @@ configurations take turns on quarters of the samples, in alternating order, so t
 in the machine's speed hits every configuration alike;
 speedups are ratios within a rep, reported as the median and range over reps. Code is
 measured with max_parallel=1 (a worker scores one test at a time: the pool's own scaling)
-and with the default max_parallel=4 (tests of a record already run side by side).
+and with the default (cores / workers, at most 4: 2 for one worker on 2 cores, 1 for two).
 Overhead = (pool seconds - in-process seconds) / samples on the `arithmetic` env, whose
 scoring costs microseconds, so what remains is dispatch, IPC and bookkeeping.
 """
@@ -210,14 +210,15 @@ def main() -> None:
           f"pool2 {res['pool2']:.3f}s; overhead/sample pool1 {ovh[1]:.3f} ms, pool2 {ovh[2]:.3f} ms; "
           f"8-sample call pool1 {lat['pool1'] * 1e3:.2f} ms, pool2 {lat['pool2'] * 1e3:.2f} ms")
     # code twice: max_parallel=1 measures the pool (each worker one sandbox at a time, so one
-    # worker is a serial scorer); the default max_parallel=4 already runs a record's tests side
-    # by side inside one worker, so a second worker has less idle CPU left to use.
+    # worker is a serial scorer); by default a lone worker runs a record's tests side by side
+    # on both cores (max_parallel=2 here), so a second worker has less idle CPU left to use.
     for label, env, n, make, reps, tmo, opts in (
             (f"math, {args.math} problems", "math", args.math, math_samples, args.reps, 30.0, {}),
             (f"math, {args.math // 8} prompts x 8 (a GRPO step)", "math", args.math, math_group_samples, args.reps,
              30.0, {}),
             ("code, max_parallel=1", "code", args.code, code_samples, args.code_reps, 60.0, {"max_parallel": 1}),
-            ("code, max_parallel=4 (default)", "code", args.code, code_samples, args.code_reps, 60.0, {})):
+            ("code, default max_parallel (cores / workers: 2, 2, 1)", "code", args.code, code_samples,
+             args.code_reps, 60.0, {})):
         if not n:
             continue
         if env not in ENVIRONMENTS:

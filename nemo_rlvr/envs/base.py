@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,24 @@ def register_env(name: str) -> Callable[[type[E]], type[E]]:
 
 class UnknownEnvError(ValueError):
     pass
+
+
+_POOL_WORKERS = 0
+"""In a verifier pool worker: how many workers share this machine's cores (0: not a worker)."""
+
+
+def set_pool_workers(n: int) -> None:
+    """Called by a pool worker before it builds envs (see `cores_per_sample`)."""
+    global _POOL_WORKERS
+    _POOL_WORKERS = n
+
+
+def cores_per_sample() -> int:
+    """CPU cores the scoring of one sample may use for parallel work of its own (the code env's
+    tests side by side): all usable cores in the controller or CLI process, an equal share of
+    them in a verifier pool worker, so N workers on N cores do not oversubscribe them."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // _POOL_WORKERS) if _POOL_WORKERS else cores
 
 
 def load_builtin_envs() -> None:

@@ -28,7 +28,7 @@ from typing import Annotated, Any
 import pydantic
 from annotated_types import Ge, Gt
 
-from nemo_rlvr.envs.base import Score, register_env, score_safely
+from nemo_rlvr.envs.base import Score, cores_per_sample, register_env, score_safely
 from nemo_rlvr.envs.sandbox import SandboxError, SandboxMode, run_sandboxed
 from nemo_rlvr.rollout.base import Sample
 
@@ -207,12 +207,13 @@ class CodeEnv:
     @pydantic.validate_call
     def __init__(self, timeout_s: Annotated[float, Gt(0)] = 5.0, memory_mb: Annotated[int, Ge(16)] = 1024,
                  max_procs: Annotated[int, Ge(1)] = 32, max_output_bytes: Annotated[int, Ge(0)] = 64 << 10,
-                 max_parallel: Annotated[int, Ge(1)] = 4, sandbox_mode: SandboxMode | None = None):
-        """Limits are per test; `max_parallel` tests of one record run at once. The bounds are
-        checked here and, for env.options, before any worker starts (check_env_options)."""
+                 max_parallel: Annotated[int, Ge(1)] | None = None, sandbox_mode: SandboxMode | None = None):
+        """Limits are per test; `max_parallel` tests of one record run at once (None: up to 4 on
+        the cores this process may use, i.e. 1 in a pool with a worker per core). The bounds
+        are checked here and, for env.options, before any worker starts (check_env_options)."""
         self.limits = {"timeout_s": timeout_s, "memory_mb": memory_mb, "max_procs": max_procs,
                        "max_output_bytes": max_output_bytes, "mode": sandbox_mode}
-        self.max_parallel = max_parallel
+        self.max_parallel = max_parallel or min(4, cores_per_sample())
 
     def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
         tests, entry, bad = _read_fields(fields)

@@ -49,6 +49,7 @@ from nemo_rlvr.envs.base import (
     check_env_options,
     get_env,
     score_safely,
+    set_pool_workers,
 )
 from nemo_rlvr.envs.records import record_to_sample, scored_record
 from nemo_rlvr.rollout.base import Sample
@@ -173,11 +174,13 @@ class InlineScorer:
 # ------------------------------------------------------------------ worker process
 
 
-def _worker_main(conn: Connection, default_env: str, module: str | None, options: dict[str, Any]) -> None:
+def _worker_main(conn: Connection, default_env: str, module: str | None, options: dict[str, Any],
+                 num_workers: int) -> None:
     """Worker loop: chunks in, one result tuple per sample out, until None or EOF."""
     os.setsid()  # own session and process group: killpg reaches whatever the env spawns
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent()
+    set_pool_workers(num_workers)  # envs size their own parallelism to a share of the cores
     envs = _EnvCache(module, default_env, options)
     envs.get(default_env)  # build (and import) the default env before taking work
     conn.send(_READY)
@@ -544,7 +547,8 @@ class VerifierPool:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_worker_main, args=(child, self.cfg.name, self.cfg.module, self._options),
+        proc = self._ctx.Process(target=_worker_main, args=(child, self.cfg.name, self.cfg.module, self._options,
+                                                           self.cfg.num_workers),
                                  name="verifier-worker", daemon=False)
         proc.start()
         child.close()

@@ -136,3 +136,17 @@ class NeedsOptionEnv(ScaledEnv):
 
     def __init__(self, scale: float, **extra: Any):
         super().__init__(scale)
+
+
+@register_env("test_cores")
+class CoresEnv(_Base):
+    """Reports, from inside the scoring process, the cores a sample may use and what a default
+    code env picks for max_parallel there."""
+
+    name = "test_cores"
+
+    def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
+        from nemo_rlvr.envs.base import cores_per_sample
+        from nemo_rlvr.envs.code import CodeEnv
+
+        return Score(1.0, {"cores": float(cores_per_sample()), "max_parallel": float(CodeEnv().max_parallel)})

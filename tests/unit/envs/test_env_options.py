@@ -11,6 +11,7 @@ import pytest
 from nemo_rlvr.config import ConfigError, EnvConfig, load_config
 from nemo_rlvr.envs.base import EnvOptionError, check_env_options
 from nemo_rlvr.envs.cli import main
+from nemo_rlvr.envs.code import CodeEnv
 from nemo_rlvr.envs.pool import InlineScorer, VerifierPool
 from nemo_rlvr.rollout.base import Sample
 
@@ -95,3 +96,16 @@ def test_cli_env_option(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*base, "--env-option", "no-equals-sign"])
     assert "is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_code_env_parallelism_defaults_to_its_share_of_the_cores():
+    """In-process: up to 4 of the usable cores; in a pool of N workers: cores // N (at least 1),
+    so a worker per core runs one test at a time instead of oversubscribing the machine."""
+    cores = len(os.sched_getaffinity(0))
+    assert CodeEnv().max_parallel == min(4, cores)
+    assert CodeEnv(max_parallel=3).max_parallel == 3  # an explicit value always wins
+    for workers in (1, 2, cores + 1):
+        with VerifierPool(EnvConfig(name="test_cores", module=MODULE, num_workers=workers)) as pool:
+            comps = pool.score([sample("x")])[0].components
+        share = max(1, cores // workers)
+        assert comps == {"cores": float(share), "max_parallel": float(min(4, share))}, workers
