@@ -130,9 +130,9 @@ def check_env_options(name: str, module: str | None, options: Mapping[str, Any])
     typo fails before any worker starts instead of scoring every sample 0.
     """
     cls = env_class(name, module)
-    params = {k: p for k, p in inspect.signature(cls).parameters.items()
-              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
+    signature = inspect.signature(cls).parameters
+    params = {k: p for k, p in signature.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.values())
     accepted = ", ".join(f"{k}={p.default!r}" if p.default is not p.empty else k for k, p in params.items())
     unknown = sorted(set(options) - set(params))
     if unknown and not takes_any:
