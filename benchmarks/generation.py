@@ -74,8 +74,8 @@ def main() -> None:
 
     import ray
 
-    from nemo_rlvr.rollout.base import Prompt, SamplingParams
     from nemo_rlvr.rollout.vllm import VLLMGenerator
+    from nemo_rlvr.types import Prompt, SamplingParams
 
     load0 = os.getloadavg()[0]
     path = model_dir(args.model)

@@ -30,9 +30,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nemo_rlvr.config import EnvConfig  # noqa: E402
-from nemo_rlvr.envs import ENVIRONMENTS  # noqa: E402
-from nemo_rlvr.envs.pool import InlineScorer, VerifierPool  # noqa: E402
-from nemo_rlvr.rollout.base import Sample  # noqa: E402
+from nemo_rlvr.envs.registry import ENVIRONMENTS  # noqa: E402
+from nemo_rlvr.scoring.base import InlineScorer
+from nemo_rlvr.scoring.pool import VerifierPool  # noqa: E402
+from nemo_rlvr.types import Sample  # noqa: E402
 
 HEADING = "## Verifier pool (CPU, 2 cores)"
 

@@ -101,7 +101,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from nemo_rlvr.rollout.vllm import VLLMGenerator
-    from nemo_rlvr.rollout.weight_sync import pack_buckets
+    from nemo_rlvr.weights.buckets import pack_buckets
 
     load0 = os.getloadavg()[0]
     path = model_dir(args.model)

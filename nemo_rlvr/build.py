@@ -1,22 +1,28 @@
-"""Construct a run from its config: model folder, data, workers, scorer, logger, checkpointer."""
+"""Construction from a config: a training run (model folder, data, workers, scorer, logger,
+checkpointer, restored state) for controller.train, and a standalone evaluation (run_eval)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from nemo_rlvr.checkpoint import Checkpointer, resume_point
-from nemo_rlvr.config import ConfigError, RunConfig, dump_config
+from nemo_rlvr.checkpoint import Checkpointer, export_checkpoint, is_checkpoint, resume_point
+from nemo_rlvr.config import ConfigError, RunConfig, dump_config, load_config
 from nemo_rlvr.controller import Components, RunState
 from nemo_rlvr.data.dataset import PromptLoader, load_records, to_prompts
-from nemo_rlvr.envs.pool import make_scorer
+from nemo_rlvr.evaluate import evaluate
 from nemo_rlvr.learner.group import LearnerGroup, LearnerWorker
 from nemo_rlvr.logging import MetricLogger
 from nemo_rlvr.rollout.group import GeneratorGroup, GeneratorWorker
+from nemo_rlvr.scoring.make import make_scorer
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +92,6 @@ def load_val_prompts(cfg: RunConfig, tok) -> list:
 def build_run(cfg: RunConfig) -> Components:
     """Workers, data, logger and checkpointer; with `checkpoint.resume`, restored to the checkpoint
     (learner, loader, RNG, run state) and the generators given the restored weights."""
-    if cfg.learner.num_workers != 1:
-        raise ConfigError(f"learner.num_workers={cfg.learner.num_workers}: sharded learners are not "
-                          f"supported yet; use learner.num_workers=1.")
     seed_everything(cfg.seed)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -123,3 +126,46 @@ def build_run(cfg: RunConfig) -> Components:
         print(line, flush=True)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return Components(cfg, generators, learner, scorer, loader, val_prompts, logger, ckpt, pad, state)
+
+
+# ---------------------------------------------------------------- standalone evaluation
+
+
+def eval_config(model: Path, overrides: Sequence[str]) -> RunConfig:
+    """The run config for evaluating `model`: a checkpoint's own config.yaml, else the default
+    recipe; then `overrides` (key=value)."""
+    if not model.is_dir():
+        raise ConfigError(f"{model} is not a folder; give a checkpoint (runs/<name>/checkpoints/step_N) "
+                          f"or a Hugging Face model folder.")
+    base = model / "config.yaml" if is_checkpoint(model) else None
+    return load_config(base, list(overrides))
+
+
+def run_eval(model: Path, overrides: Sequence[str], *, output: Path | None = None) -> dict[str, float]:
+    """Evaluate a checkpoint or HF folder on the config's held-out prompts, in this process."""
+    from transformers import AutoTokenizer
+
+    cfg = eval_config(model, overrides)
+    with tempfile.TemporaryDirectory(prefix="nemo-rlvr-eval-") as tmp:
+        model_dir = model
+        if is_checkpoint(model):
+            model_dir = export_checkpoint(model, Path(tmp) / "hf")
+        prompts = load_val_prompts(cfg, AutoTokenizer.from_pretrained(model_dir))
+        kwargs: dict[str, Any] = {"dtype": cfg.model.dtype}
+        if cfg.generation.backend == "vllm":
+            kwargs |= vllm_kwargs(cfg)
+        worker = GeneratorWorker(cfg.generation.backend, str(model_dir), num_threads=0, **kwargs)
+        gens = GeneratorGroup([worker])
+        scorer = make_scorer(cfg.env)
+        rows: list[dict[str, Any]] = []
+        try:
+            g = cfg.generation
+            metrics = evaluate(gens, scorer, prompts, max_new_tokens=g.max_new_tokens, stop=g.stop,
+                               temperature=g.temperature, top_p=g.top_p, pass_k=cfg.validation.pass_k,
+                               seed=cfg.seed, rows=rows)
+        finally:
+            scorer.close()
+    metrics["val/prompts"] = float(len(prompts))
+    if output is not None:
+        output.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return metrics

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from nemo_rlvr.config import ConfigError, dump_config, load_config
-from nemo_rlvr.envs.base import UnknownEnvError
+from nemo_rlvr.envs.registry import UnknownEnvError
 
 USER_ERRORS = (ConfigError, UnknownEnvError)
 # transformers' per-load progress bars clutter the step lines (Ray workers inherit this)
@@ -83,7 +83,7 @@ def _print_summary(run_dir: Path) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from nemo_rlvr.evaluate import format_table, run_eval
+    from nemo_rlvr.build import run_eval
 
     overrides = list(args.overrides)
     if args.data:
@@ -99,6 +99,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.output:
         print(f"responses: {args.output}")
     return 0
+
+
+def format_table(metrics: dict[str, float], title: str) -> str:
+    width = max(len(k) for k in metrics)
+    lines = [title, f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    lines += [f"{k:<{width}}  {v:.4f}" if k != "val/prompts" else f"{k:<{width}}  {int(v)}"
+              for k, v in metrics.items()]
+    return "\n".join(lines)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -147,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_train)
     _add_tool_commands(sub)
 
-    from nemo_rlvr.envs import cli as env_cli
+    from nemo_rlvr.scoring import cli as env_cli
 
     p = sub.add_parser("verify", help="score a JSONL file of responses with an environment")
     env_cli.add_verify_args(p)

@@ -1,10 +1,12 @@
 """Ray start/attach and worker placement (placement groups; GPU or CPU bundles).
 
-    ray_session(cfg.cluster)  ->  placement(cfg, n_gen, n_learn)  ->  actor options
+    start_ray(cfg.cluster)  ->  place_workers(cfg.cluster, ...)  ->  actor options
 
 On a CPU-only machine every worker gets one CPU bundle. With CUDA, `split` gives
 generators and learner their own GPUs; `colocated` packs one generator and one
-learner rank on each GPU bundle (0.5 GPU each), and vLLM sleeps while training.
+learner rank on each GPU bundle (0.5 GPU each). Nothing puts vLLM to sleep while the
+learner trains yet (#12), so a colocated vLLM keeps its memory: size
+generation.gpu_memory_utilization for both. GPU placement has not run on a GPU yet.
 """
 
 from __future__ import annotations

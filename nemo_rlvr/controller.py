@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from nemo_rlvr.algorithms.advantages import grpo_advantages, group_stats
+from nemo_rlvr.algorithms.advantages import group_stats, grpo_advantages
 from nemo_rlvr.config import RunConfig
 from nemo_rlvr.evaluate import evaluate
 from nemo_rlvr.learner.packing import collate
 from nemo_rlvr.logging import Timer
 from nemo_rlvr.metrics import logprob_mismatch, rollout_metrics
-from nemo_rlvr.rollout.base import Prompt, SamplingParams
+from nemo_rlvr.types import Prompt, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Components:
     cfg: RunConfig
     generators: Any          # GeneratorGroup (Generator protocol)
     learner: Any             # LearnerGroup (Learner contract)
-    scorer: Any              # make_scorer(...): score / metrics / close
+    scorer: Any              # scoring.make.make_scorer(...): Scorer protocol (score, close)
     loader: Any              # PromptLoader
     val_prompts: list[Prompt]
     logger: Any              # MetricLogger
@@ -71,11 +71,9 @@ def sampling_params(cfg: RunConfig, *, step: int) -> SamplingParams:
 def validate(run: Components, step: int) -> dict[str, float]:
     """Greedy accuracy (and sampled pass@k when configured) on the held-out prompts."""
     g = run.cfg.generation
-    out = evaluate(run.generators, run.scorer, run.val_prompts, max_new_tokens=g.max_new_tokens, stop=g.stop,
-                   temperature=g.temperature, top_p=g.top_p, pass_k=run.cfg.validation.pass_k,
-                   seed=10_000_019 + step)
-    run.scorer.metrics()  # drop validation's verifier counters: verifier/* describe training samples
-    return out
+    return evaluate(run.generators, run.scorer, run.val_prompts, max_new_tokens=g.max_new_tokens, stop=g.stop,
+                    temperature=g.temperature, top_p=g.top_p, pass_k=run.cfg.validation.pass_k,
+                    seed=10_000_019 + step)
 
 
 def train(run: Components) -> RunState:
@@ -94,7 +92,7 @@ def train(run: Components) -> RunState:
                 prompts = run.loader.next_batch(cfg.train.prompts_per_step)
                 samples = run.generators.generate(prompts, sampling_params(cfg, step=step))  # N = B*G
             with timer("score"):
-                scores = run.scorer.score(samples)                                          # never raises
+                scores = run.scorer.score(samples)          # never raises; .metrics: verifier/*
             rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)        # [N]
             groups = torch.tensor([s.group_id for s in samples])                            # [N]
             adv = grpo_advantages(rewards, groups, baseline=cfg.algorithm.baseline,
@@ -110,7 +108,7 @@ def train(run: Components) -> RunState:
         metrics = (rollout_metrics(samples, scores)
                    | logprob_mismatch(batch.logp_gen, batch.logp_old, batch.loss_mask)
                    | {k: float(v) for k, v in group_stats(rewards, groups).items()}
-                   | train_metrics | sync_metrics | run.scorer.metrics() | timer.flush())
+                   | train_metrics | sync_metrics | scores.metrics | timer.flush())
         metrics |= throughput(metrics, samples, batch, gen_devices=cfg.generation.num_workers
                               * cfg.generation.tensor_parallel_size, train_devices=cfg.learner.num_workers)
         st.step, st.consumed_samples = step, st.consumed_samples + len(samples)

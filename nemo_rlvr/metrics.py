@@ -8,8 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from nemo_rlvr.envs.base import Score
-from nemo_rlvr.rollout.base import Sample
+from nemo_rlvr.types import Sample, Score
 
 
 def rollout_metrics(samples: Sequence[Sample], scores: Sequence[Score]) -> dict[str, float]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from nemo_rlvr.config import ConfigError, DataConfig
-from nemo_rlvr.rollout.base import Prompt
+from nemo_rlvr.types import Prompt
 
 RESERVED = ("id", "prompt", "env", "response")
 

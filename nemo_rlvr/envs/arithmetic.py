@@ -7,11 +7,10 @@ whitespace allowed): "46" scores 1 for answer 46; "46 or 47", "046x" or "" score
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from nemo_rlvr.envs.base import Score, register_env, score_safely
-from nemo_rlvr.rollout.base import Sample
+from nemo_rlvr.envs.base import Score, register_env
 
 _INT = re.compile(r"-?\d+")
 
@@ -27,5 +26,3 @@ class ArithmeticEnv:
         ok = bool(_INT.fullmatch(text)) and int(text) == int(fields["answer"])
         return Score(float(ok), {"correct": float(ok)})
 
-    def score(self, samples: Sequence[Sample]) -> list[Score]:
-        return [score_safely(self, s.text, s.fields) for s in samples]

@@ -21,16 +21,15 @@ import ast
 import marshal
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import pydantic
 from annotated_types import Ge, Gt
 
-from nemo_rlvr.envs.base import Score, cores_per_sample, register_env, score_safely
+from nemo_rlvr.envs.base import Score, cores_per_sample, register_env
 from nemo_rlvr.envs.sandbox import SandboxError, SandboxMode, run_sandboxed
-from nemo_rlvr.rollout.base import Sample
 
 # A fence line: up to 3 spaces, 3+ backticks, then the info string (CommonMark).
 _FENCE = re.compile(r"^ {0,3}(`{3,})[ \t]*([^`\n]*)$")
@@ -253,8 +252,6 @@ class CodeEnv:
         r = out.result
         return bool(r) and r.get("nonce") == nonce and r.get("passed") is True
 
-    def score(self, samples: Sequence[Sample]) -> list[Score]:
-        return [score_safely(self, s.text, s.fields) for s in samples]
 
 
 def _read_fields(fields: Mapping[str, Any]) -> tuple[list[str], str | None, str | None]:

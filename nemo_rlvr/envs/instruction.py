@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from nemo_rlvr.envs.base import Score, register_env, score_safely
-from nemo_rlvr.rollout.base import Sample
+from nemo_rlvr.envs.base import Score, register_env
 
 _BULLET = re.compile(r"^\s*[*-]\s+\S")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
@@ -163,5 +162,3 @@ class InstructionEnv:
         fraction = held / len(insts) if insts else 1.0
         return Score(float(held == len(insts)), {"fraction": fraction, **comps})
 
-    def score(self, samples: Sequence[Sample]) -> list[Score]:
-        return [score_safely(self, s.text, s.fields) for s in samples]

@@ -35,8 +35,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from nemo_rlvr.envs.base import Score, register_env, score_safely
-from nemo_rlvr.rollout.base import Sample
+from nemo_rlvr.envs.base import Score, register_env
 
 MAX_ANSWER_CHARS = 2000
 """A final answer longer than this is not parsed (scores 0): no real answer is that long,
@@ -417,5 +416,3 @@ class MathEnv:
                 return Score(0.0, has)
         return Score(1.0, {"has_answer": 1.0, "correct": 1.0})
 
-    def score(self, samples: Sequence[Sample]) -> list[Score]:
-        return [score_safely(self, s.text, s.fields) for s in samples]

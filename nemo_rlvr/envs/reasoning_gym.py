@@ -24,11 +24,10 @@ from __future__ import annotations
 import functools
 import json
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from nemo_rlvr.envs.base import Score, register_env, score_safely
-from nemo_rlvr.rollout.base import Sample
+from nemo_rlvr.envs.base import Score, register_env
 
 ANSWER_INSTRUCTION = "\n\nGive only your final answer inside <answer></answer> tags."
 
@@ -158,5 +157,3 @@ class ReasoningGymEnv:
         value = min(max(value, 0.0), 1.0)
         return Score(value, {"score": value})
 
-    def score(self, samples: Sequence[Sample]) -> list[Score]:
-        return [score_safely(self, s.text, s.fields) for s in samples]

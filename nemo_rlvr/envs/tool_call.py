@@ -32,8 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nemo_rlvr.envs.base import Score, register_env, score_safely
-from nemo_rlvr.rollout.base import Sample
+from nemo_rlvr.envs.base import Score, register_env
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _TAG = re.compile(r"<\s*/?\s*tool_call\w*[^<>]*>?", re.IGNORECASE)
@@ -250,8 +249,6 @@ class ToolCallEnv:
                  "names_match": float(names_match), "args_match": float(args_match)}
         return Score(float(all(comps.values())), comps)
 
-    def score(self, samples: Sequence[Sample]) -> list[Score]:
-        return [score_safely(self, s.text, s.fields) for s in samples]
 
 
 def _multiset(calls: Sequence[Call]) -> Counter:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-from nemo_rlvr.rollout.base import Sample
+from nemo_rlvr.types import Sample
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ One process (a Ray actor in training, a plain object in tests and benchmarks).
 A step splits the batch into `minibatches_per_step` optimizer steps and each of
 those into micro-batches whose gradients accumulate; the loss normaliser
 (`num_tokens`, `num_seqs`) is the mini-batch's global count, so the micro-batch
-size never changes the update (tests/unit/test_policy_worker.py).
+size never changes the update (tests/integration/test_learner_and_hf.py).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from torch import Tensor
 from nemo_rlvr.algorithms.losses import clipped_pg_loss, entropy_from_logits, masked_mean, truncated_is_weights
 from nemo_rlvr.config import AlgorithmConfig, LearnerConfig
 from nemo_rlvr.learner.packing import TrainBatch, micro_batches
-from nemo_rlvr.rollout.base import WeightBucket
-from nemo_rlvr.rollout.weight_sync import pack_buckets
+from nemo_rlvr.types import WeightBucket
+from nemo_rlvr.weights.buckets import pack_buckets
 
 log = logging.getLogger(__name__)
 

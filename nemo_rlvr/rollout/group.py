@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from nemo_rlvr.dispatch import call, resolve
-from nemo_rlvr.rollout.base import Prompt, Sample, SamplingParams
+from nemo_rlvr.types import Prompt, Sample, SamplingParams
 
 
 def make_backend(backend: str, model_path: str, **kwargs: Any):

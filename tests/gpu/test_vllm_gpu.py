@@ -12,7 +12,7 @@ import socket
 import pytest
 import torch
 
-from nemo_rlvr.rollout.base import Prompt, SamplingParams
+from nemo_rlvr.types import Prompt, SamplingParams
 
 pytestmark = [pytest.mark.gpu, pytest.mark.vllm,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")]
@@ -68,7 +68,7 @@ def _prompts(tok):
 
 def test_colocated_ipc_sync_and_sleep_wake(ray_local, model_dir):
     from nemo_rlvr.rollout.vllm import VLLMGenerator
-    from nemo_rlvr.rollout.weight_sync import pack_ipc_buckets
+    from nemo_rlvr.weights.cuda import pack_ipc_buckets
 
     ray = ray_local
     model, tok = _learner(model_dir)
@@ -102,7 +102,7 @@ def test_split_nccl_sync(ray_local, model_dir):
     from concurrent.futures import ThreadPoolExecutor
 
     from nemo_rlvr.rollout.vllm import VLLMGenerator
-    from nemo_rlvr.rollout.weight_sync import NcclWeightSender, weight_meta
+    from nemo_rlvr.weights.cuda import NcclWeightSender, weight_meta
 
     ray = ray_local
     gen = ray.remote(num_gpus=1)(VLLMGenerator).remote(model_dir, placement="split",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nemo_rlvr.envs.base import Score, register_env, score_safely
+from nemo_rlvr.envs.base import Score, register_env
 
 
 @register_env("digit_share")
@@ -14,9 +14,6 @@ class DigitShareEnv:
     def score_record(self, response, fields):
         text = response.strip()
         return Score(sum(c.isdigit() for c in text) / len(text) if text else 0.0)
-
-    def score(self, samples):
-        return [score_safely(self, s.text, s.fields) for s in samples]
 
 
 def write_addition_prompts(folder):

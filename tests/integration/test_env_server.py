@@ -16,9 +16,9 @@ import psutil
 import pytest
 
 from nemo_rlvr.config import EnvConfig
-from nemo_rlvr.envs.remote import RemoteScorer
-from nemo_rlvr.envs.server import response_text
-from nemo_rlvr.rollout.base import Sample
+from nemo_rlvr.scoring.remote import RemoteScorer
+from nemo_rlvr.scoring.server import response_text
+from nemo_rlvr.types import Sample
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MODULE = "tests.helpers.verifier_envs"
@@ -59,7 +59,7 @@ def server():
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nemo_rlvr.envs.cli", "serve-env", "--env", "arithmetic",
+        [sys.executable, "-m", "nemo_rlvr.scoring.cli", "serve-env", "--env", "arithmetic",
          "--env-module", MODULE, "--port", str(port), "--workers", "2", "--timeout-s", "0.5"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -172,7 +172,7 @@ def test_remote_scorer_against_server(server):
     assert out[3].components == {"correct": 1.0}
     assert out[6].error == "timeout after 0.5s"
     assert out[7].error.startswith("env fields cannot be sent as JSON")
-    m = scorer.metrics()
+    m = out.metrics
     assert (m["verifier/samples"], m["verifier/errors"], m["verifier/timeouts"]) == (8, 2, 1)
     scorer.close()
 
@@ -184,7 +184,7 @@ def test_remote_scorer_dead_url_gives_errors_in_bounded_time():
     elapsed = time.monotonic() - t0
     assert all(s.reward == 0.0 and "failed after 3 attempt(s): ConnectError" in s.error for s in out)
     assert elapsed < 5  # backoff 0.5 s + 1 s
-    assert scorer.metrics()["verifier/remote_failures"] == 1
+    assert out.metrics["verifier/remote_failures"] == 1
     scorer.close()
 
 
@@ -212,7 +212,7 @@ def test_response_text_joins_messages_and_converts_function_calls():
 def test_shutdown_leaves_no_workers():
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nemo_rlvr.envs.cli", "serve-env", "--env", "arithmetic", "--port", str(port),
+        [sys.executable, "-m", "nemo_rlvr.scoring.cli", "serve-env", "--env", "arithmetic", "--port", str(port),
          "--workers", "2"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60

@@ -14,8 +14,8 @@ import importlib.util
 import pytest
 import torch
 
-from nemo_rlvr.rollout.base import Prompt, SamplingParams
-from nemo_rlvr.rollout.weight_sync import bucket_nbytes, pack_buckets
+from nemo_rlvr.types import Prompt, SamplingParams
+from nemo_rlvr.weights.buckets import bucket_nbytes, pack_buckets
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 BACKENDS = ["hf", pytest.param("vllm", marks=[
@@ -38,24 +38,19 @@ class _Remote:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model_dir) -> str:
-    return tiny_model_dir  # the shared cached tiny Qwen2 (tests/conftest.py)
-
-
-@pytest.fixture(scope="module")
-def reference(model_dir):
+def reference(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def gen(request, model_dir):
+def gen(request, tiny_model_dir):
     if request.param == "hf":
         from nemo_rlvr.rollout.hf import HFGenerator
 
-        yield HFGenerator(model_dir)
+        yield HFGenerator(tiny_model_dir)
         return
     import ray
 
@@ -64,7 +59,7 @@ def gen(request, model_dir):
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    actor = ray.remote(num_cpus=0)(VLLMGenerator).remote(model_dir, max_model_len=256, kv_cache_gb=1)
+    actor = ray.remote(num_cpus=0)(VLLMGenerator).remote(tiny_model_dir, max_model_len=256, kv_cache_gb=1)
     yield _Remote(actor)
     ray.kill(actor)
     if started:

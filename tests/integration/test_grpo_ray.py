@@ -9,7 +9,7 @@ import torch
 
 from nemo_rlvr.config import load_config
 from nemo_rlvr.learner.packing import collate
-from nemo_rlvr.rollout.base import SamplingParams
+from nemo_rlvr.types import SamplingParams
 from tests.helpers.training_envs import write_addition_prompts
 
 STEP_KEYS = {
@@ -69,7 +69,7 @@ def test_metrics_jsonl_has_every_key(ray_run):
     assert rows[3]["loss/kl"] > 0.0                              # after two updates it has moved
 
 
-def test_final_hf_folder_loads_with_transformers(ray_run):
+def test_final_hf_folder_loads_with_transformers(ray_run, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg, run, _ = ray_run
@@ -77,4 +77,7 @@ def test_final_hf_folder_loads_with_transformers(ray_run):
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
     assert abs(sum(p.double().sum().item() for p in model.parameters()) - run.learner.param_checksum()) < 1e-6
-    assert tok("12+34=")["input_ids"]
+    trained_from = AutoTokenizer.from_pretrained(tiny_model_dir)  # the export carries the same tokenizer
+    assert tok("12+34=")["input_ids"] == trained_from("12+34=")["input_ids"]
+    assert (tok.get_vocab(), tok.eos_token_id, tok.pad_token_id) == (
+        trained_from.get_vocab(), trained_from.eos_token_id, trained_from.pad_token_id)

@@ -21,7 +21,7 @@ import torch
 
 from nemo_rlvr.config import load_config
 from nemo_rlvr.learner.packing import collate
-from nemo_rlvr.rollout.base import SamplingParams
+from nemo_rlvr.types import SamplingParams
 from tests.helpers.training_envs import write_addition_prompts
 
 pytestmark = [

@@ -7,8 +7,8 @@ import torch
 from nemo_rlvr.config import AlgorithmConfig, LearnerConfig
 from nemo_rlvr.learner.packing import collate
 from nemo_rlvr.learner.policy import PolicyWorker
-from nemo_rlvr.rollout.base import Prompt, SamplingParams
 from nemo_rlvr.rollout.hf import HFGenerator
+from nemo_rlvr.types import Prompt, SamplingParams
 
 
 def _prompts(tok, texts):

@@ -31,16 +31,6 @@ CRASH_VAR = "NEMO_RLVR_TEST_CRASH_IN_CHECKPOINT"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    """The tiny Qwen2 + tokenizer folder (no warm start), cached under $NEMO_RLVR_CACHE."""
-    from nemo_rlvr.config import DataConfig, ModelConfig
-    from nemo_rlvr.models.tiny import tiny_model_dir
-
-    cache = os.environ.get("NEMO_RLVR_CACHE") or str(tmp_path_factory.mktemp("cache"))
-    return str(tiny_model_dir(ModelConfig(cache_dir=cache), DataConfig(), seed=0))
-
-
-@pytest.fixture(scope="module")
 def data_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "upper.jsonl"
     rows = [{"prompt": f"{a}+{b}=", "env": "instruction", "instructions": [{"type": "all_uppercase"}]}
@@ -85,9 +75,9 @@ def run_train(args: list[str], env: dict[str, str]) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def reference(model_dir, data_file, tmp_path_factory) -> Path:
+def reference(tiny_model_dir, data_file, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference")
-    proc = run_train(train_args(model_dir, data_file, out), child_env())
+    proc = run_train(train_args(tiny_model_dir, data_file, out), child_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "tiny_cpu"
 
@@ -115,8 +105,8 @@ def assert_same_run(run: Path, reference: Path) -> None:
         assert torch.equal(a[k], b[k]), f"final weights differ at {k}"
 
 
-def test_sigkill_mid_step_then_resume_matches_uninterrupted(reference, model_dir, data_file, tmp_path):
-    args = train_args(model_dir, data_file, tmp_path)
+def test_sigkill_mid_step_then_resume_matches_uninterrupted(reference, tiny_model_dir, data_file, tmp_path):
+    args = train_args(tiny_model_dir, data_file, tmp_path)
     run = tmp_path / "tiny_cpu"
     proc = subprocess.Popen(args, env=child_env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -172,11 +162,11 @@ def wandb_history(run_file: Path) -> tuple[str, list[int]]:
 
 
 def test_crash_during_checkpoint_write_resumes_previous_and_wandb_continues(
-        reference, model_dir, data_file, tmp_path):
+        reference, tiny_model_dir, data_file, tmp_path):
     """Through Ray actors (one torch thread each): the same numbers as the local reference."""
     pytest.importorskip("ray")
     pytest.importorskip("wandb")
-    args = train_args(model_dir, data_file, tmp_path, "logging.wandb=true", "logging.tensorboard=true",
+    args = train_args(tiny_model_dir, data_file, tmp_path, "logging.wandb=true", "logging.tensorboard=true",
                       "cluster.mode=ray", "cluster.num_cpus=2")
     run = tmp_path / "tiny_cpu"
     crashed = run_train(args, child_env(**{CRASH_VAR: "4"}))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 
 import pytest
 import torch
@@ -19,16 +18,7 @@ from nemo_rlvr.data.dataset import PromptLoader
 from nemo_rlvr.learner.group import LearnerGroup, LearnerWorker
 from nemo_rlvr.learner.packing import collate
 from nemo_rlvr.learner.policy import PolicyWorker
-from nemo_rlvr.rollout.base import Prompt, Sample
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    from nemo_rlvr.config import DataConfig, ModelConfig
-    from nemo_rlvr.models.tiny import tiny_model_dir
-
-    cache = os.environ.get("NEMO_RLVR_CACHE") or str(tmp_path_factory.mktemp("cache"))
-    return str(tiny_model_dir(ModelConfig(cache_dir=cache), DataConfig(), seed=0))
+from nemo_rlvr.types import Prompt, Sample
 
 
 def batch(seed: int):
@@ -54,8 +44,8 @@ def params(model) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def test_learner_save_load_is_bit_exact(model_dir, tmp_path):
-    a = worker(model_dir)
+def test_learner_save_load_is_bit_exact(tiny_model_dir, tmp_path):
+    a = worker(tiny_model_dir)
     step(a, 1)
     step(a, 2)
     a.save(str(tmp_path))
@@ -64,7 +54,7 @@ def test_learner_save_load_is_bit_exact(model_dir, tmp_path):
     want = params(a.model)
 
     torch.manual_seed(123)
-    b = worker(model_dir)                        # fresh: other moments, schedule, RNG
+    b = worker(tiny_model_dir)                   # fresh: other moments, schedule, RNG
     b.load(str(tmp_path))
     assert torch.equal(torch.rand(4), want_rng)
     assert b.opt.state_dict()["state"][0]["step"].item() == 2 and b.sched.last_epoch == 2
@@ -73,11 +63,11 @@ def test_learner_save_load_is_bit_exact(model_dir, tmp_path):
     assert m3 == m3b                              # loss, grad norm, lr (warmup step 3 of 3), ...
 
 
-def test_resume_applies_the_new_lr(model_dir, tmp_path):
-    a = worker(model_dir, lr=1e-2)
+def test_resume_applies_the_new_lr(tiny_model_dir, tmp_path):
+    a = worker(tiny_model_dir, lr=1e-2)
     step(a, 1)
     a.save(str(tmp_path))
-    b = worker(model_dir, lr=1e-4)
+    b = worker(tiny_model_dir, lr=1e-4)
     b.load(str(tmp_path))
     # warmup 3: after 1 scheduler step the factor is (1+1)/4 = 0.5, of the new base lr
     assert b.opt.param_groups[0]["lr"] == pytest.approx(0.5e-4)
@@ -85,18 +75,18 @@ def test_resume_applies_the_new_lr(model_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained_checkpoint(model_dir, tmp_path_factory):
+def trained_checkpoint(tiny_model_dir, tmp_path_factory):
     """A checkpoint of a learner trained 2 steps (through LearnerGroup, as in a run), and the learner."""
     out = tmp_path_factory.mktemp("run")
-    cfg = load_config(None, [f"model.path={model_dir}", f"output_dir={out}", "data.val_size=6",
+    cfg = load_config(None, [f"model.path={tiny_model_dir}", f"output_dir={out}", "data.val_size=6",
                              "generation.max_new_tokens=4", "validation.pass_k=[1,2]"])
-    lw = LearnerWorker(model_dir, num_threads=0, learner=LearnerConfig(lr=1e-2), algorithm=AlgorithmConfig(),
-                       temperature=1.0)
+    lw = LearnerWorker(tiny_model_dir, num_threads=0, learner=LearnerConfig(lr=1e-2),
+                       algorithm=AlgorithmConfig(), temperature=1.0)
     for s in (1, 2):
         step(lw.policy, s)
     loader = PromptLoader([Prompt("p", [5], "arithmetic")], seed=0)
     ck = Checkpointer(cfg.checkpoint, run_dir=cfg.run_dir, learner=LearnerGroup([lw]), loader=loader,
-                      state=RunState(step=2), config_text=dump_config(cfg), model_dir=model_dir)
+                      state=RunState(step=2), config_text=dump_config(cfg), model_dir=tiny_model_dir)
     return ck.save(2), lw.policy
 
 
@@ -145,8 +135,8 @@ def test_exported_folder_loads_in_vllm(trained_checkpoint, tmp_path):
     """vLLM serves the export: its greedy tokens and log-probs are the trained policy's."""
     import ray
 
-    from nemo_rlvr.rollout.base import SamplingParams
     from nemo_rlvr.rollout.vllm import VLLMGenerator
+    from nemo_rlvr.types import SamplingParams
 
     ckpt, policy = trained_checkpoint
     out = export_checkpoint(ckpt, tmp_path / "hf")

@@ -13,8 +13,8 @@ import importlib.util
 import pytest
 import torch
 
-from nemo_rlvr.rollout.base import Prompt, SamplingParams
-from nemo_rlvr.rollout.weight_sync import pack_buckets
+from nemo_rlvr.types import Prompt, SamplingParams
+from nemo_rlvr.weights.buckets import pack_buckets
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.vllm,

@@ -1,4 +1,4 @@
-"""Bucket packing for weight sync (rollout/weight_sync.py): layout, dtypes, round trips. No vLLM needed."""
+"""Bucket packing for weight sync (weights/buckets.py): layout, dtypes, round trips. No vLLM needed."""
 
 from __future__ import annotations
 
@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from nemo_rlvr.rollout.base import WeightBucket
-from nemo_rlvr.rollout.weight_sync import (
-    bucket_nbytes,
-    iter_bucket_tensors,
-    pack_buckets,
-    weight_meta,
-)
+from nemo_rlvr.types import WeightBucket
+from nemo_rlvr.weights.buckets import bucket_nbytes, iter_bucket_tensors, pack_buckets
+from nemo_rlvr.weights.cuda import weight_meta
 
 
 def _params():

@@ -6,7 +6,7 @@ import torch
 
 from nemo_rlvr.data.dataset import PromptLoader
 from nemo_rlvr.learner.packing import collate, micro_batches
-from nemo_rlvr.rollout.base import Prompt, Sample
+from nemo_rlvr.types import Prompt, Sample
 
 
 def _sample(prompt, resp, lps):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nemo_rlvr.envs.base import get_env
+from nemo_rlvr.envs.registry import get_env
 from nemo_rlvr.envs.instruction import CHECKS, count_bullets, count_paragraphs
 
 

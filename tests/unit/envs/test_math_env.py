@@ -7,9 +7,8 @@ import threading
 
 import pytest
 
-from nemo_rlvr.envs.base import get_env
+from nemo_rlvr.envs.registry import get_env
 from nemo_rlvr.envs.math import extract_answers, find_boxes
-from nemo_rlvr.rollout.base import Sample
 
 
 @pytest.fixture(scope="module")
@@ -193,13 +192,10 @@ def test_extract_answers_prefers_boxes_then_last_answer_line(env):
     assert reward(env, minerva, "5") == 1.0
 
 
-def test_score_batches_and_works_off_the_main_thread(env):
-    samples = [
-        Sample([], [], [], text, "stop", 0, "math", {"answer": "2"})
-        for text in (r"\boxed{2}", r"\boxed{6.28}", r"\boxed{")
-    ]
+def test_scores_off_the_main_thread(env):
+    texts = (r"\boxed{2}", r"\boxed{6.28}", r"\boxed{")
     out: list = []
-    worker = threading.Thread(target=lambda: out.extend(env.score(samples)))
+    worker = threading.Thread(target=lambda: out.extend(env.score_record(t, {"answer": "2"}) for t in texts))
     worker.start()
     worker.join(timeout=60)
     assert [s.reward for s in out] == [1.0, 0.0, 0.0]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nemo_rlvr.envs.base import get_env
+from nemo_rlvr.envs.registry import get_env
 from nemo_rlvr.envs.reasoning_gym import extract_answer, reasoning_gym_records
 
 

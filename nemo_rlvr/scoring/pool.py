@@ -17,7 +17,8 @@ process group (and any descendants that left it, e.g. sandboxes), scores the sam
 error "timeout after Xs", and starts a replacement. A worker that dies on its own mid-sample
 is replaced and the sample retried up to `max_retries` times, then scored 0 with error
 "verifier crashed: ...". The other samples queued on a killed worker are resent untouched.
-Nothing raises into the caller. `make_scorer(env_cfg)` is the entry the controller uses.
+Nothing raises into the caller. `scoring.make.make_scorer(env_cfg)` picks this pool when
+`env.num_workers > 0`.
 """
 
 from __future__ import annotations
@@ -30,29 +31,19 @@ import os
 import pickle
 import select
 import signal
-import sys
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Any
 
 from nemo_rlvr.config import EnvConfig
-from nemo_rlvr.envs.base import (
-    ENVIRONMENTS,
-    Environment,
-    Score,
-    UnknownEnvError,
-    check_env_options,
-    get_env,
-    score_safely,
-    set_pool_workers,
-)
-from nemo_rlvr.envs.records import record_to_sample, scored_record
-from nemo_rlvr.rollout.base import Sample
+from nemo_rlvr.envs.base import set_pool_workers
+from nemo_rlvr.scoring.base import Counters, EnvCache, Scores, checked_options
+from nemo_rlvr.types import Sample, Score
 
 log = logging.getLogger(__name__)
 
@@ -64,111 +55,6 @@ _STARTUP_TIMEOUT_S = 120.0
 _MAX_STARTUP_FAILURES = 3
 _CHUNK_TARGET_S = 0.02
 """Chunks hold about this much work: fewer round trips, still balanced at the tail."""
-METRIC_KEYS = ("verifier/samples", "verifier/seconds", "verifier/errors", "verifier/timeouts",
-               "verifier/crashes")
-
-
-class Counters(dict):
-    """Verifier metric counters (`METRIC_KEYS` and any extra keys); `pop_all` returns and resets."""
-
-    def __init__(self, keys: Sequence[str] = METRIC_KEYS):
-        super().__init__(dict.fromkeys(keys, 0.0))
-
-    def add_batch(self, out: Sequence[Score], seconds: float) -> None:
-        self["verifier/samples"] += len(out)
-        self["verifier/errors"] += sum(s.error is not None for s in out)
-        self["verifier/seconds"] += seconds
-
-    def pop_all(self) -> dict[str, float]:
-        out = dict(self)
-        for k in self:
-            self[k] = 0.0
-        return out
-"""errors: samples whose score has `error` set (any cause, timeouts and crashes included);
-timeouts: samples killed at their time limit; crashes: workers that died mid-sample."""
-
-
-class Scorer(Protocol):
-    """What the controller, CLI and server score through (pool, inline or remote)."""
-
-    def score(self, samples: Sequence[Sample]) -> list[Score]: ...  # len(out) == len(samples)
-
-    def metrics(self) -> dict[str, float]: ...  # counters since the last call, then reset
-
-    def close(self) -> None: ...
-
-
-def checked_score(env: Environment, text: str, fields: Mapping[str, Any]) -> Score:
-    """`score_safely`, plus: the result is a `Score` with a finite float reward; exit() is caught."""
-    try:
-        s = score_safely(env, text, fields)
-    except SystemExit as e:  # an env calling exit() must not end the worker or the trainer
-        return Score(0.0, {}, f"verifier called exit({e.code})")
-    if not isinstance(s, Score):
-        return Score(0.0, {}, f"environment returned {type(s).__name__}, not Score")
-    try:
-        reward = float(s.reward)
-        comps = {str(k): float(v) for k, v in s.components.items()}
-    except (TypeError, ValueError, AttributeError) as e:
-        return Score(0.0, {}, f"environment returned a non-numeric reward or component ({e})")
-    if not math.isfinite(reward):
-        return Score(0.0, comps, f"environment returned a non-finite reward ({reward})")
-    return Score(reward, comps, None if s.error is None else str(s.error))
-
-
-class _EnvCache:
-    """Environments by name, built on first use; a failed build is remembered as its error.
-
-    `options` are constructor arguments for the env named `default` (env.options)."""
-
-    def __init__(self, module: str | None, default: str | None = None, options: Mapping[str, Any] | None = None):
-        self.module = module
-        self._kwargs = {default: dict(options or {})}
-        self._envs: dict[str, Environment | str] = {}
-
-    def get(self, name: str) -> Environment | str:
-        if name not in self._envs:
-            try:
-                self._envs[name] = get_env(name, self.module, **self._kwargs.get(name, {}))
-            except Exception as e:  # bad module, unknown env, failing constructor: its samples score 0
-                unknown = isinstance(e, UnknownEnvError) and name not in ENVIRONMENTS and (
-                    self.module is None or self.module in sys.modules)
-                self._envs[name] = (
-                    f"unknown environment {name!r} (the sample's env / the record's 'env' field); known: "
-                    f"{', '.join(sorted(ENVIRONMENTS))}. Use one of these, or register yours with "
-                    f"@register_env in a module named by env.module (--env-module)."
-                ) if unknown else f"{type(e).__name__}: {e}"
-        return self._envs[name]
-
-    def score(self, name: str, text: str, fields: Mapping[str, Any]) -> Score:
-        env = self.get(name)
-        return Score(0.0, {}, env) if isinstance(env, str) else checked_score(env, text, fields)
-
-
-def _checked_options(cfg: EnvConfig) -> dict[str, Any]:
-    """env.options as the default env's constructor takes them; raises EnvOptionError up front."""
-    return check_env_options(cfg.name, cfg.module, cfg.options) if cfg.options else {}
-
-
-class InlineScorer:
-    """Scores in the calling process, no time limit; for cheap, trusted environments (arithmetic)."""
-
-    def __init__(self, cfg: EnvConfig):
-        self.cfg = cfg
-        self._envs = _EnvCache(cfg.module, cfg.name, _checked_options(cfg))
-        self._stats = Counters()
-
-    def score(self, samples: Sequence[Sample]) -> list[Score]:
-        t0 = time.perf_counter()
-        out = [self._envs.score(s.env or self.cfg.name, s.text, s.fields) for s in samples]
-        self._stats.add_batch(out, time.perf_counter() - t0)
-        return out
-
-    def metrics(self) -> dict[str, float]:
-        return self._stats.pop_all()
-
-    def close(self) -> None:
-        pass
 
 
 # ------------------------------------------------------------------ worker process
@@ -181,7 +67,7 @@ def _worker_main(conn: Connection, default_env: str, module: str | None, options
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent()
     set_pool_workers(num_workers)  # envs size their own parallelism to a share of the cores
-    envs = _EnvCache(module, default_env, options)
+    envs = EnvCache(module, default_env, options)
     envs.get(default_env)  # build (and import) the default env before taking work
     conn.send(_READY)
     while True:
@@ -294,7 +180,7 @@ class VerifierPool:
             raise ValueError(f"env.num_workers={cfg.num_workers}: a VerifierPool needs >= 1 worker; "
                              f"use InlineScorer (make_scorer with env.num_workers=0) to score in-process.")
         self.cfg = cfg
-        self._options = _checked_options(cfg)
+        self._options = checked_options(cfg)
         self._ctx = mp.get_context("forkserver")  # never fork a process that may hold threads/Ray
         self._ctx.set_forkserver_preload([__name__])  # workers start with envs + this module imported
         self._lock = threading.Lock()
@@ -312,20 +198,18 @@ class VerifierPool:
 
     # -------------------------------------------------------------- public
 
-    def score(self, samples: Sequence[Sample]) -> list[Score]:
-        """Score in order; each sample gets a Score, never an exception."""
+    def score(self, samples: Sequence[Sample]) -> Scores:
+        """Score in order; each sample gets a Score, never an exception. `.metrics` holds this
+        call's counters (METRIC_KEYS: timeouts and crashes included)."""
         t0 = time.perf_counter()
-        with self._lock:
+        with self._lock:  # one call at a time: the counters are this call's alone
+            self._stats = Counters()
             if self._closed:
                 out = [Score(0.0, {}, "verifier pool is closed") for _ in samples]
             else:
                 out = self._score_guarded(samples)
-        self._stats.add_batch(out, time.perf_counter() - t0)
-        return out
-
-    def metrics(self) -> dict[str, float]:
-        """Counters since the last call (then reset); keys in METRIC_KEYS."""
-        return self._stats.pop_all()
+            self._stats.add_batch(out, time.perf_counter() - t0)
+            return Scores(out, self._stats)
 
     def worker_pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers if w.proc.pid is not None]
@@ -575,34 +459,3 @@ class VerifierPool:
             w.conn.close()
         self._workers[:] = [self._spawn() for _ in range(self.cfg.num_workers)]
         self._startup_failures = 0
-
-
-# ------------------------------------------------------------------ entry points
-
-
-def make_scorer(cfg: EnvConfig) -> Scorer:
-    """env.url → RemoteScorer; env.num_workers == 0 → InlineScorer; else VerifierPool."""
-    if cfg.url:
-        from nemo_rlvr.envs.remote import RemoteScorer
-
-        return RemoteScorer(cfg)
-    if cfg.num_workers == 0:
-        return InlineScorer(cfg)
-    return VerifierPool(cfg)
-
-
-def score_records(records: Sequence[Mapping[str, Any]], default_env: str,
-                  scorer: Scorer | EnvConfig) -> list[dict[str, Any]]:
-    """Score verify records (already checked, see records.check_record) into output records.
-
-    `scorer` is a live scorer (reused across calls: CLI, server) or an EnvConfig, for which a
-    scorer is built and closed around this one call.
-    """
-    own = isinstance(scorer, EnvConfig)
-    s = make_scorer(scorer) if own else scorer
-    try:
-        scores = s.score([record_to_sample(r, default_env) for r in records])
-    finally:
-        if own:
-            s.close()
-    return [scored_record(r, sc) for r, sc in zip(records, scores)]

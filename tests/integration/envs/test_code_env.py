@@ -1,8 +1,10 @@
-"""The `code` environment: extraction, strict comparisons, and a suite of hostile solutions.
+"""The `code` environment in the sandbox: strict comparisons, and a suite of hostile solutions.
 
 Hostile solutions are scored like any other record; each must score exactly what the
 contract says (VERIFIER_CONTRACT.md "code"), and after the suite a normal record still
-scores correctly, with no stray process and no new file outside the sandbox.
+scores correctly, with no stray process and no new file outside the sandbox. Every test here
+needs a working sandbox (`sandbox` marker, tests/conftest.py); extraction and test preparation,
+which run nothing, are tests/unit/envs/test_code_extract.py.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import uuid
 
 import pytest
 
-from nemo_rlvr.envs import get_env
-from nemo_rlvr.envs.code import CodeEnv, extract_solution, prepare_test
+from nemo_rlvr.envs.code import CodeEnv
 from nemo_rlvr.envs.sandbox import capabilities
 
-isolated = pytest.mark.skipif(capabilities().mode == "rlimits", reason="needs Linux namespaces")
-capped = pytest.mark.skipif(capabilities().process_cap != "exact", reason="no exact process cap here")
+pytestmark = pytest.mark.sandbox(isolated=False)  # any working mode; `isolated` tests need namespaces
+isolated = pytest.mark.sandbox
+capped = pytest.mark.sandbox(isolated=False, process_cap="exact")
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is not enforced on macOS")
 REPO = pathlib.Path(__file__).resolve().parents[3]
 TAG = uuid.uuid4().hex  # names every file and process a hostile program tries to leave behind
@@ -43,36 +45,6 @@ def score(env: CodeEnv, code: str, fields=ADD):
     return env.score_record(block(code), fields)
 
 
-# --- extraction and test preparation ------------------------------------------------------
-
-def test_extract_last_python_block():
-    text = "```python\nx = 1\n```\ntext\n```python\nx = 2\n```\n```\nbare\n```\n"
-    assert extract_solution(text) == "x = 2\n"
-    assert extract_solution("```Python title\ny = 1\n````\n") == "y = 1\n"  # longer closing fence ok
-
-
-def test_extract_rejects_other_fences_and_unclosed_blocks():
-    assert extract_solution("def f(): pass") is None
-    assert extract_solution("```py\nx = 1\n```") is None
-    assert extract_solution("```\nx = 1\n```") is None
-    assert extract_solution("```python\nx = 1\n") is None
-    assert extract_solution("```python\nx = 1\n```\n```python\nx = 2\n") == "x = 1\n"
-
-
-def test_prepare_test_rewrites_comparisons_and_finds_check():
-    src, call_check = prepare_test("def check(candidate):\n    assert candidate(1) == 2 and 3 in [3]\n")
-    assert "__nemo_compare__(('Eq',), candidate(1), 2)" in src and "(('In',), 3, [3])" in src
-    assert call_check
-    assert prepare_test("def check(c):\n    assert c(1) < 2\ncheck(f)\n") == (
-        "def check(c):\n    assert c(1) < 2\ncheck(f)", False)
-    with pytest.raises(SyntaxError):
-        prepare_test("assert (")
-
-
-def test_registered():
-    assert isinstance(get_env("code"), CodeEnv)
-
-
 # --- honest solutions ----------------------------------------------------------------------
 
 def test_correct_scores_one(env):
@@ -83,12 +55,6 @@ def test_correct_scores_one(env):
 def test_partial_scores_the_fraction(env):
     s = score(env, "def add(a, b):\n    return 3\n")  # passes only add(1, 2) == 3
     assert s.reward == pytest.approx(1 / 3) and s.components["all_passed"] == 0.0
-
-
-def test_no_python_block_scores_zero(env):
-    for text in (GOOD, "```py\n" + GOOD + "```\n"):
-        s = env.score_record(text, ADD)
-        assert (s.reward, s.components["all_passed"], s.error) == (0.0, 0.0, None)
 
 
 def test_humaneval_check_function_and_builtin_value_semantics(env):

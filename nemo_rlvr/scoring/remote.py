@@ -1,6 +1,6 @@
 """Remote scorer: scores samples through an env server (`nemo-rlvr serve-env`) over HTTP.
 
-Same interface as the local pool (`score`, `metrics`, `close`); `make_scorer` picks it when
+Same interface as the local pool (`score` -> `Scores`, `close`); `make_scorer` picks it when
 `env.url` is set. Each `score` call POSTs the batch as `{"records": [...]}` to
 `<env.url>/verify`; a failed request (connection error, timeout, 5xx) is retried
 `env.max_retries` times with exponential backoff; if it still fails every sample of the
@@ -18,9 +18,8 @@ from typing import Any
 import httpx
 
 from nemo_rlvr.config import EnvConfig
-from nemo_rlvr.envs.base import Score
-from nemo_rlvr.envs.pool import METRIC_KEYS, Counters
-from nemo_rlvr.rollout.base import Sample
+from nemo_rlvr.scoring.base import METRIC_KEYS, Counters, Scores
+from nemo_rlvr.types import Sample, Score
 
 MAX_BATCH = 512
 """Records per request; a larger score() call is sent as several requests, in order."""
@@ -42,21 +41,19 @@ class RemoteScorer:
         with `workers` from the server's /health (the most a healthy server can take)."""
         self._server_workers: int | None = None
         self._client = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0))
-        self._stats = Counters((*METRIC_KEYS, "verifier/remote_failures"))
 
-    def score(self, samples: Sequence[Sample]) -> list[Score]:
+    def score(self, samples: Sequence[Sample]) -> Scores:
+        """Scores in order; `.metrics` are this call's counters. `verifier/crashes` happen
+        server-side and are not seen here; `verifier/remote_failures` counts requests that
+        failed for good."""
         t0 = time.perf_counter()
+        self._stats = Counters((*METRIC_KEYS, "verifier/remote_failures"))
         out: list[Score] = []
         for start in range(0, len(samples), MAX_BATCH):
             out += self._score_batch(samples[start:start + MAX_BATCH])
         self._stats.add_batch(out, time.perf_counter() - t0)
         self._stats["verifier/timeouts"] += sum((s.error or "").startswith("timeout") for s in out)
-        return out
-
-    def metrics(self) -> dict[str, float]:
-        """Counters since the last call (then reset). `verifier/crashes` happen server-side and
-        are not seen here; `verifier/remote_failures` counts requests that failed for good."""
-        return self._stats.pop_all()
+        return Scores(out, self._stats)
 
     def close(self) -> None:
         self._client.close()

@@ -1,18 +1,17 @@
-"""Verifier pool: order, per-sample timeouts, crash isolation and retries, metrics, cleanup."""
+"""Verifier pool: order, per-sample timeouts, crash isolation and retries, metrics, cleanup.
+In-process scoring (InlineScorer, checked_score) is tests/unit/envs/test_inline_scorer.py."""
 
 from __future__ import annotations
 
-import math
-import os
 import time
 
 import psutil
 import pytest
 
 from nemo_rlvr.config import EnvConfig
-from nemo_rlvr.envs.base import Score
-from nemo_rlvr.envs.pool import InlineScorer, VerifierPool, checked_score, make_scorer, score_records
-from nemo_rlvr.rollout.base import Sample
+from nemo_rlvr.scoring.make import make_scorer
+from nemo_rlvr.scoring.pool import VerifierPool
+from nemo_rlvr.types import Sample, Score
 
 MODULE = "tests.helpers.verifier_envs"
 
@@ -48,7 +47,6 @@ def test_empty_batch(pool):
 
 
 def test_timeout_scores_zero_and_spares_the_others(pool):
-    pool.metrics()
     hang = sample("x", env="test_sleep", sleep_s=30)
     samples = [sample("0"), hang, *[sample(str(i)) for i in range(2, 40)]]
     t0 = time.monotonic()
@@ -58,7 +56,7 @@ def test_timeout_scores_zero_and_spares_the_others(pool):
     assert [s.reward for i, s in enumerate(out) if i != 1] == [float(i) for i in range(40) if i != 1]
     assert all(s.error is None for i, s in enumerate(out) if i != 1)
     assert 0.5 <= elapsed < 2.0  # one timeout (0.5 s) + a respawn, not 30 s
-    m = pool.metrics()
+    m = out.metrics
     assert (m["verifier/timeouts"], m["verifier/errors"], m["verifier/crashes"]) == (1, 1, 0)
 
 
@@ -81,16 +79,16 @@ def test_timeout_kills_descendants_in_their_own_session(pool, tmp_path):
 
 
 def test_crash_is_retried_then_scored_zero_and_pool_recovers(pool):
-    pool.metrics()
     out = pool.score([sample("1"), sample("x", env="test_crash", crash=True), sample("3")])
     assert out[0] == Score(1.0, {"len": 1.0}) and out[2] == Score(3.0, {"len": 1.0})
     assert out[1].reward == 0.0
     assert out[1].error == "verifier crashed: worker exit code 3 while scoring this sample (2 attempts)"
-    m = pool.metrics()
+    m = out.metrics
     # crashes: the first try and one retry (max_retries=1); one sample ends with an error
     assert (m["verifier/crashes"], m["verifier/errors"], m["verifier/samples"]) == (2, 1, 3)
     after = pool.score([sample(str(i)) for i in range(20)])
     assert [s.reward for s in after] == [float(i) for i in range(20)]
+    assert after.metrics["verifier/crashes"] == 0  # the next call counts only its own
 
 
 def test_crash_kills_what_the_worker_left_in_its_group(pool, tmp_path):
@@ -106,10 +104,9 @@ def test_crash_kills_what_the_worker_left_in_its_group(pool, tmp_path):
 
 
 def test_crash_once_succeeds_on_retry(pool, tmp_path):
-    pool.metrics()
     out = pool.score([sample("x", env="test_crash", crash_once=str(tmp_path / "crashed"))])
     assert out[0].reward == 1.0 and out[0].error is None
-    assert pool.metrics()["verifier/crashes"] == 1
+    assert out.metrics["verifier/crashes"] == 1
 
 
 def test_env_that_raises_sets_error(pool):
@@ -129,14 +126,14 @@ def test_unpicklable_fields_fail_only_that_sample(pool):
     assert out[1].error.startswith("env fields cannot be sent to a worker")
 
 
-def test_metrics_count_and_reset(pool):
-    pool.metrics()
-    pool.score([sample("1"), sample("x", env="test_raise"), sample("2")])
-    m = pool.metrics()
+def test_metrics_are_per_call(pool):
+    m = pool.score([sample("1"), sample("x", env="test_raise"), sample("2")]).metrics
     counts = [m[f"verifier/{k}"] for k in ("samples", "errors", "timeouts", "crashes")]
     assert counts == [3, 1, 0, 0]
     assert m["verifier/seconds"] > 0
-    assert set(pool.metrics().values()) == {0.0}
+    m2 = pool.score([sample("4")]).metrics  # a second call (e.g. validation) has its own counts
+    assert [m2[f"verifier/{k}"] for k in ("samples", "errors")] == [1, 0]
+    assert m["verifier/samples"] == 3  # and leaves the first call's untouched
 
 
 def test_close_leaves_no_processes():
@@ -172,55 +169,10 @@ def test_workers_that_cannot_start_fail_the_batch_quickly():
     assert all(s.reward == 0.0 and "failed to start (exit code 5)" in s.error for s in out)
 
 
-def test_inline_scorer_never_raises():
-    s = InlineScorer(EnvConfig(name="test_echo", module=MODULE))
-    out = s.score([sample("4"), sample("x", env="test_raise"), sample("1", env="no_such_env")])
-    assert out[0] == Score(4.0, {"len": 1.0})
-    assert out[1].error == "ValueError: bad response 'x'"
-    assert out[2].error.startswith("unknown environment 'no_such_env' (the sample's env")
-    assert s.metrics()["verifier/errors"] == 2
-
-
-class _Weird:
-    name = "weird"
-
-    def __init__(self, ret):
-        self.ret = ret
-
-    def score_record(self, response, fields):
-        if self.ret == "exit":
-            raise SystemExit(7)
-        return self.ret
-
-
-@pytest.mark.parametrize("ret, error", [
-    (Score(math.nan), "environment returned a non-finite reward (nan)"),
-    (0.5, "environment returned float, not Score"),
-    (Score("high"), "environment returned a non-numeric reward or component "
-                    "(could not convert string to float: 'high')"),
-    ("exit", "verifier called exit(7)"),
-])
-def test_checked_score_rejects_bad_results(ret, error):
-    assert checked_score(_Weird(ret), "", {}) == Score(0.0, {}, error)
-
-
-def test_make_scorer_picks_the_backend():
-    assert isinstance(make_scorer(EnvConfig(num_workers=0)), InlineScorer)
-    remote = make_scorer(EnvConfig(url="http://127.0.0.1:9"))
-    assert type(remote).__name__ == "RemoteScorer"
-    remote.close()
+def test_make_scorer_picks_the_pool_with_workers():
     pool = make_scorer(EnvConfig(num_workers=1))
     assert isinstance(pool, VerifierPool)
     pool.close()
-
-
-def test_score_records_with_a_config():
-    records = [{"id": "a", "prompt": "1+1", "response": "2", "answer": 2},
-               {"id": "b", "env": "arithmetic", "prompt": "2+2", "response": "5", "answer": 4, "extra": 1}]
-    out = score_records(records, "arithmetic", EnvConfig(num_workers=0))
-    assert out[0] == {**records[0], "reward": 1.0, "reward_components": {"correct": 1.0}, "error": None}
-    assert out[1] == {**records[1], "reward": 0.0, "reward_components": {"correct": 0.0}, "error": None}
-    assert os.getpid()  # scored in-process: nothing to clean up
 
 
 def test_chunks_keep_a_group_together_while_the_batch_stays_balanced():
@@ -229,7 +181,7 @@ def test_chunks_keep_a_group_together_while_the_batch_stays_balanced():
     is left (todo / (2 * workers)); near the end of the batch groups may be split again."""
     from collections import deque
 
-    from nemo_rlvr.envs.pool import _Batch
+    from nemo_rlvr.scoring.pool import _Batch
 
     with VerifierPool(EnvConfig(name="test_echo", module=MODULE, num_workers=2)) as p:
         p._item_s = 0.005

@@ -13,8 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from nemo_rlvr.envs.base import Score
-from nemo_rlvr.rollout.base import Sample
+from nemo_rlvr.types import Sample, Score
 
 RESERVED_KEYS = ("id", "env", "prompt", "response")
 """Record keys that are not env fields."""

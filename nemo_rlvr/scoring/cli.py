@@ -4,7 +4,7 @@
     nemo-rlvr serve-env --env math --port 8000 [--host 127.0.0.1] [--workers N]
 
 The main CLI (nemo_rlvr/cli.py) mounts these with `add_verify_args(sub)` / `verify_main(args)`
-and `add_serve_args(sub)` / `serve_main(args)`; `python -m nemo_rlvr.envs.cli verify ...`
+and `add_serve_args(sub)` / `serve_main(args)`; `python -m nemo_rlvr.scoring.cli verify ...`
 runs them on their own. User mistakes (missing input, unknown env, bad module) print one
 paragraph naming the flag and the fix, and exit 2, without a traceback.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import sys
@@ -99,28 +98,18 @@ def _env_config(args: argparse.Namespace) -> Any:
 
 def check_env(name: str, module: str | None, options: dict[str, Any] | None = None) -> None:
     """Raise UsageError unless `module` imports, `name` is a registered environment, and its
-    constructor takes `options` (--env-option)."""
-    from nemo_rlvr.envs.base import ENVIRONMENTS, EnvOptionError, check_env_options, load_builtin_envs
+    constructor takes `options` (--env-option). The same check as training's (envs.base), in
+    terms of this command's flags."""
+    from nemo_rlvr.envs.registry import EnvOptionError, UnknownEnvError, check_env_options, env_class
 
-    load_builtin_envs()
-    if module:
-        try:
-            importlib.import_module(module)
-        except Exception as e:
-            raise UsageError(
-                f"--env-module {module!r} could not be imported ({type(e).__name__}: {e}). Pass an "
-                f"importable module path (e.g. my_pkg.my_env, on PYTHONPATH) whose import registers "
-                f"your environment with @register_env.") from None
-    if name not in ENVIRONMENTS:
-        raise UsageError(
-            f"--env {name!r} is not a registered environment; known: {', '.join(sorted(ENVIRONMENTS))}. "
-            f"Pick one of these, or register your own with @register_env in a module and pass it "
-            f"with --env-module my_pkg.my_env.")
-    if options:
-        try:
+    try:
+        env_class(name, module, name_key="--env", module_key="--env-module")
+        if options:
             check_env_options(name, module, options)
-        except EnvOptionError as e:
-            raise UsageError(f"--env-option: {e}") from None
+    except EnvOptionError as e:
+        raise UsageError(f"--env-option: {e}") from None
+    except UnknownEnvError as e:
+        raise UsageError(str(e)) from None
 
 
 # ------------------------------------------------------------------ verify
@@ -136,8 +125,8 @@ def verify_main(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from nemo_rlvr.envs.pool import make_scorer, score_records
-    from nemo_rlvr.envs.records import RecordError, failed_record, parse_line
+    from nemo_rlvr.scoring.make import make_scorer, score_records
+    from nemo_rlvr.scoring.records import RecordError, failed_record, parse_line
 
     if args.input != "-" and not os.path.isfile(args.input):
         raise UsageError(f"--input {args.input!r} does not exist or is not a file. Pass a JSONL file with "
@@ -227,14 +216,14 @@ def serve_main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     import uvicorn
 
-    from nemo_rlvr.envs.server import create_app
+    from nemo_rlvr.scoring.server import create_app
 
     uvicorn.run(create_app(args.env, _env_config(args)), host=args.host, port=args.port, log_level="info")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nemo_rlvr.envs.cli")
+    parser = argparse.ArgumentParser(prog="python -m nemo_rlvr.scoring.cli")
     sub = parser.add_subparsers(dest="command", required=True)
     add_verify_args(sub.add_parser("verify", help="score a JSONL file of records"))
     add_serve_args(sub.add_parser("serve-env", help="serve an environment over HTTP"))

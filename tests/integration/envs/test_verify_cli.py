@@ -1,17 +1,13 @@
-"""`nemo-rlvr verify` (via `python -m nemo_rlvr.envs.cli`): output lines match input, errors exit 2."""
+"""`nemo-rlvr verify` as a subprocess (`python -m nemo_rlvr.scoring.cli`): output lines match input,
+errors exit 2. In-process runs of the CLI are tests/unit/envs/test_verify_cli_inline.py."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
 import subprocess
 import sys
-
-import pytest
-
-from nemo_rlvr.envs.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 MODULE = "tests.helpers.verifier_envs"
@@ -32,8 +28,8 @@ GOOD_AND_BAD = [
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "nemo_rlvr.envs.cli", "verify", *args], input=stdin,
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    return subprocess.run([sys.executable, "-m", "nemo_rlvr.scoring.cli", "verify", *args], input=stdin,
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
 
 
 def test_subprocess_scores_good_and_malformed_lines_in_order(tmp_path):
@@ -76,36 +72,3 @@ def test_subprocess_unknown_env_exits_2(tmp_path):
     assert r.returncode == 2
     assert "--env 'no_such_env' is not a registered environment; known: " in r.stderr
     assert "arithmetic" in r.stderr and "--env-module" in r.stderr and "Traceback" not in r.stderr
-
-
-@pytest.mark.parametrize("args, needle", [
-    (["--env-module", "no_such_pkg.envs"], "--env-module 'no_such_pkg.envs' could not be imported"),
-    (["--output", "/no/such/dir/out.jsonl"],
-     "--output '/no/such/dir/out.jsonl': folder '/no/such/dir' does not exist"),
-])
-def test_usage_errors_exit_2(tmp_path, capsys, args, needle):
-    src = tmp_path / "in.jsonl"
-    src.write_text('{"id": 1, "response": "1"}\n')
-    base = {"--env": "arithmetic", "--input": str(src), "--output": str(tmp_path / "o.jsonl")}
-    base.update(dict(zip(args[::2], args[1::2])))
-    argv = ["verify", *[x for kv in base.items() for x in kv]]
-    assert main(argv) == 2
-    assert needle in capsys.readouterr().err
-
-
-def test_streams_many_batches_in_order_inline(tmp_path, capsys):
-    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    lines = [json.dumps({"id": i, "response": str(i % 7), "answer": 3}) for i in range(700)]  # > 2 batches
-    src.write_text("\n".join(lines) + "\n")
-    argv = ["verify", "--env", "arithmetic", "--input", str(src), "--output", str(dst), "--workers", "0"]
-    assert main(argv) == 0
-    out = [json.loads(x) for x in dst.read_text().splitlines()]
-    assert [o["id"] for o in out] == list(range(700))
-    assert [o["reward"] for o in out] == [float(i % 7 == 3) for i in range(700)]
-
-
-def test_stdin_to_stdout(monkeypatch, capsys):
-    monkeypatch.setattr(sys, "stdin", io.StringIO('{"id": 1, "response": "4", "answer": 4}\nnope\n'))
-    assert main(["verify", "--env", "arithmetic", "--input", "-", "--output", "-", "--workers", "0"]) == 0
-    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [(o.get("id"), o["reward"]) for o in out] == [(1, 1.0), (None, 0.0)]

@@ -38,10 +38,16 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 
 from nemo_rlvr.config import EnvConfig
-from nemo_rlvr.envs.base import Score
-from nemo_rlvr.envs.pool import METRIC_KEYS, Scorer, make_scorer
-from nemo_rlvr.envs.records import RESERVED_KEYS, RecordError, check_record, record_to_sample, scored_record
-from nemo_rlvr.rollout.base import Sample
+from nemo_rlvr.scoring.base import METRIC_KEYS, Scorer
+from nemo_rlvr.scoring.make import make_scorer
+from nemo_rlvr.scoring.records import (
+    RESERVED_KEYS,
+    RecordError,
+    check_record,
+    record_to_sample,
+    scored_record,
+)
+from nemo_rlvr.types import Sample, Score
 
 MAX_MERGED = 1024
 """Most samples the batcher scores in one pool call."""
@@ -210,7 +216,7 @@ class _Batcher:
                 jobs.append(job)
                 n += len(job.samples)
             scores = self.scorer.score([s for j in jobs for s in j.samples])  # never raises
-            for k, v in self.scorer.metrics().items():
+            for k, v in scores.metrics.items():
                 self.totals[k] = self.totals.get(k, 0.0) + v
             start = 0
             for j in jobs:
