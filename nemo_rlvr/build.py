@@ -55,6 +55,7 @@ def make_workers(cfg: RunConfig, model_dir: str) -> tuple[GeneratorGroup, Learne
     if g.backend == "vllm":
         gen_kwargs.update(vllm_kwargs(cfg))
     learner_kwargs = dict(learner=cfg.learner, algorithm=a, temperature=g.temperature,
+                          total_steps=cfg.train.steps * cfg.learner.minibatches_per_step,
                           dtype=cfg.model.dtype, seed=cfg.seed)
     if cfg.cluster.mode == "local":
         gens = [GeneratorWorker(g.backend, model_dir, num_threads=0, **gen_kwargs)]
@@ -63,15 +64,17 @@ def make_workers(cfg: RunConfig, model_dir: str) -> tuple[GeneratorGroup, Learne
 
     from nemo_rlvr.cluster import place_workers, start_ray
 
-    start_ray(cfg.cluster)
+    start_ray(cfg.cluster, min_cpus=g.num_workers + cfg.learner.num_workers)
     place = place_workers(cfg.cluster, num_generators=g.num_workers, gen_tp=g.tensor_parallel_size,
                           num_learners=cfg.learner.num_workers)
     threads = 0 if place.use_gpu else 1
     gen_cls, learn_cls = ray.remote(GeneratorWorker), ray.remote(LearnerWorker)
     gens = [gen_cls.options(**o).remote(g.backend, model_dir, num_threads=threads, **gen_kwargs)
             for o in place.generator]
-    learners = [learn_cls.options(**o).remote(model_dir, num_threads=threads, **learner_kwargs)
-                for o in place.learner]
+    world = len(place.learner)
+    learners = [learn_cls.options(**o).remote(model_dir, num_threads=threads, rank=r, world_size=world,
+                                              **learner_kwargs)
+                for r, o in enumerate(place.learner)]
     return GeneratorGroup(gens), LearnerGroup(learners)
 
 

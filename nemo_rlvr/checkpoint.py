@@ -53,7 +53,6 @@ INCOMPATIBLE: dict[str, str] = {
     "model.tiny": "the tiny model built from this config would differ from the checkpoint's",
     "model.warm_start": "the tiny model (and the KL reference built from it) would differ",
     "model.dtype": "the saved parameters and optimizer state have another dtype",
-    "learner.num_workers": "the learner state is sharded for another world size (no resharding yet)",
     "seed": "the training prompt pool and sampling seeds derive from it",
     "data.source": "the saved data position (epoch, index) indexes another prompt set",
     "data.num_digits": "the saved data position (epoch, index) indexes another prompt set",
@@ -64,7 +63,7 @@ INCOMPATIBLE: dict[str, str] = {
 }
 """Config keys (or sections) a resume refuses to change, and why. Everything else (lr, logging,
 train.steps, batch shape: the data position counts prompts, so a new batch size continues from
-the same prompt) is allowed and printed."""
+the same prompt; learner.num_workers: DCP reshards the learner state) is allowed and printed."""
 
 
 class CheckpointError(ConfigError):

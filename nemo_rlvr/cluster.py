@@ -21,8 +21,10 @@ from nemo_rlvr.config import ClusterConfig, ConfigError
 log = logging.getLogger(__name__)
 
 
-def start_ray(cfg: ClusterConfig) -> None:
-    """Attach to `cfg.address` or start a local Ray sized from the machine."""
+def start_ray(cfg: ClusterConfig, *, min_cpus: int = 1) -> None:
+    """Attach to `cfg.address` or start a local Ray sized from the machine: `cluster.num_cpus`, else
+    the machine's cores but at least `min_cpus` (one logical CPU per worker actor: in synchronous
+    mode the generate and train phases take turns, so more actors than cores is fine)."""
     import ray
 
     if ray.is_initialized():
@@ -39,7 +41,8 @@ def start_ray(cfg: ClusterConfig) -> None:
             raise ConfigError(f"cluster.address={cfg.address!r}: cannot reach a Ray cluster there ({e}). "
                               f"Start one with `ray start --head` or leave cluster.address unset.") from None
         return
-    ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), object_store_memory=cfg.object_store_mb * 2**20,
+    ray.init(num_cpus=cfg.num_cpus or max(os.cpu_count() or 1, min_cpus),
+             object_store_memory=cfg.object_store_mb * 2**20,
              **kwargs)
 
 

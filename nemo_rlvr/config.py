@@ -171,24 +171,53 @@ class AlgorithmConfig(_Cfg):
 
 class LearnerConfig(_Cfg):
     lr: float = Field(1e-5, gt=0)
-    """Peak AdamW learning rate (after warmup, constant)."""
+    """Peak AdamW learning rate, reached after warmup; learner.lr_schedule shapes it after that."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW (beta1, beta2)."""
     warmup_steps: int = Field(0, ge=0)
     """Linear lr warmup over this many optimizer steps (the first update uses lr / (warmup_steps + 1)),
-    then constant; 0: the first update uses the full lr."""
+    then learner.lr_schedule; 0: the first update uses the full lr."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """lr after warmup: constant stays at lr; linear and cosine (half a period) decay it to
+    lr * min_lr_ratio at train.steps * learner.minibatches_per_step optimizer steps, and hold it there."""
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    """Floor of the linear and cosine decay, a fraction of lr (0.1: decay to lr / 10); constant ignores it."""
     grad_clip: float = Field(1.0, gt=0)
     """Gradients are clipped to this global L2 norm before each optimizer step."""
-    micro_batch_size: int = Field(64, ge=1)
-    """Sequences per forward/backward pass; gradients accumulate over a mini-batch, so it changes
-    memory use and speed, not the update."""
+    max_tokens_per_microbatch: int = Field(16384, ge=1)
+    """Token budget of one forward/backward pass on one rank: consecutive sequences are grouped
+    until the next would pass it (with sequence_packing, the sum of their lengths; without,
+    sequences x the longest one). A longer sequence gets a pass of its own. Gradients accumulate
+    over a mini-batch with the global token count as normaliser, so the budget changes memory
+    use and speed, not the update."""
+    sequence_packing: bool = True
+    """Pack a micro-batch's sequences back to back into rows as long as its longest sequence
+    (position ids restart per sequence, attention never crosses them: transformers'
+    packed-sequence mask on CPU, varlen flash attention on GPU). Same log-probs as padded rows,
+    less padding computed."""
     minibatches_per_step: int = Field(1, ge=1)
-    """Optimizer steps per RL step (the batch is split in this many mini-batches)."""
+    """Optimizer steps per RL step (the batch is split in this many mini-batches). With 1, the
+    pre-update log-probs come from the training forward itself (no separate log-prob pass)."""
+    logprob_chunk_tokens: int = Field(2048, ge=0)
+    """Response tokens whose logits are computed at once (fp32, recomputed in the backward), so
+    logit memory is chunk x vocab x 4 bytes however long the batch; prompt tokens get no logits.
+    0: the naive full [sequences, length, vocab] logits (same numbers, more memory)."""
     num_workers: int = Field(1, ge=1)
-    """Learner processes; only 1 is supported today: the learner is one process on one device.
-    A sharded learner (FSDP2 over several ranks) is not built yet (issue #11)."""
+    """Learner ranks: Ray actors forming one torch.distributed group (gloo on CPU, NCCL on CUDA;
+    one GPU each) with the model sharded by FSDP2 (each decoder block, then the root). Each rank
+    trains on its share of every mini-batch, balanced by tokens. 1 on a CPU: one plain process."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype of a sharded learner: bfloat16 runs forward and backward in bf16 (FSDP2
+    mixed precision) with fp32 master weights, optimizer state and gradient reduction; log-probs
+    are still computed in fp32 from the logits. Needs CUDA; the CPU computes in float32."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder block's activations in the backward instead of keeping them
+    (transformers' gradient checkpointing, non-reentrant): less memory, ~1/3 more compute."""
+    cpu_offload: bool = False
+    """Sharded learner on GPUs: keep sharded parameters, gradients and optimizer state in host
+    memory (FSDP2 CPUOffloadPolicy; the optimizer step runs on the CPU)."""
 
 
 class EnvConfig(_Cfg):
@@ -306,11 +335,11 @@ class RunConfig(_Cfg):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
-        if self.learner.num_workers != 1:
+        if self.learner.num_workers > 1 and self.cluster.mode == "local":
             raise ValueError(
-                f"learner.num_workers={self.learner.num_workers}: a sharded learner (FSDP2 over several "
-                f"ranks) is not built yet (issue #11); the learner is one process on one device. Use "
-                f"learner.num_workers=1; to use more devices, raise generation.num_workers")
+                f"learner.num_workers={self.learner.num_workers} with cluster.mode=local: local mode runs "
+                f"one learner in this process. Use cluster.mode=ray for a sharded learner, or "
+                f"learner.num_workers=1")
         if self.generation.tensor_parallel_size != 1:
             raise ValueError(
                 f"generation.tensor_parallel_size={self.generation.tensor_parallel_size}: tensor-parallel "

@@ -68,6 +68,14 @@ def sampling_params(cfg: RunConfig, *, step: int) -> SamplingParams:
                           max_new_tokens=g.max_new_tokens, stop=g.stop, seed=cfg.seed * 100_003 + step)
 
 
+def extra_forwards(cfg: RunConfig) -> dict[str, bool]:
+    """The no-grad forwards a step needs before training: the policy's log-probs only when the
+    batch is split into several optimizer steps (on-policy, one step reuses the training forward),
+    the reference's only when KL is on. {} when none is."""
+    need = {"policy": cfg.learner.minibatches_per_step > 1, "reference": cfg.algorithm.kl_coef > 0}
+    return need if any(need.values()) else {}
+
+
 def validate(run: Components, step: int) -> dict[str, float]:
     """Greedy accuracy (and sampled pass@k when configured) on the held-out prompts."""
     g = run.cfg.generation
@@ -98,15 +106,16 @@ def train(run: Components) -> RunState:
             adv = grpo_advantages(rewards, groups, baseline=cfg.algorithm.baseline,
                                   normalize_std=cfg.algorithm.normalize_std)                # [N]
             batch = collate(samples, adv, pad_id=run.pad_id)
-            with timer("logprobs"):
-                batch = batch.with_(**run.learner.logprobs(batch))                          # logp_old, logp_ref
+            if passes := extra_forwards(cfg):  # else train's own forward gives logp_old
+                with timer("logprobs"):
+                    batch = batch.with_(**run.learner.logprobs(batch, **passes))            # logp_old, logp_ref
             with timer("train"):
                 train_metrics = run.learner.train(batch)
             with timer("weight_sync"):
                 sync_metrics = run.generators.load_weights(run.learner.weights(bucket_bytes))
 
-        metrics = (rollout_metrics(samples, scores)
-                   | logprob_mismatch(batch.logp_gen, batch.logp_old, batch.loss_mask)
+        mismatch = {} if batch.logp_old is None else logprob_mismatch(batch.logp_gen, batch.logp_old, batch.loss_mask)
+        metrics = (rollout_metrics(samples, scores) | mismatch
                    | {k: float(v) for k, v in group_stats(rewards, groups).items()}
                    | train_metrics | sync_metrics | scores.metrics | timer.flush())
         metrics |= throughput(metrics, samples, batch, gen_devices=cfg.generation.num_workers

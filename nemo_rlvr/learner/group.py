@@ -1,8 +1,13 @@
-"""Learner worker (the Ray actor around `PolicyWorker`) and the group the controller calls.
+"""Learner ranks (Ray actors around `PolicyWorker`) and the group the controller calls.
 
-    controller --batch--> LearnerGroup --> LearnerWorker (actor) --> PolicyWorker
-    LearnerWorker.publish_weights: pack buckets, `ray.put` each, return the refs;
-    generators read them straight from the shared-memory object store.
+    controller --batch--> LearnerGroup --the same batch (one object-store copy)--> rank 0 .. W-1
+        each rank trains on its rows; FSDP2 reduces gradients; rank 0's metrics come back
+    LearnerWorker.publish_weights: every rank joins the gathers, rank 0 packs the buckets,
+    `ray.put`s each and returns the refs; generators read them from shared memory.
+
+A group of W ranks forms its process group before the model loads: rank 0 names an address
+(its node IP and a free port), then every rank joins (`LearnerWorker.setup`). Every method
+that touches the model is called on all ranks, in the same order (FSDP2's collectives).
 """
 
 from __future__ import annotations
@@ -14,29 +19,55 @@ from nemo_rlvr.learner.packing import TrainBatch
 
 
 class LearnerWorker:
-    def __init__(self, model_path: str, num_threads: int = 1, **policy_kwargs: Any):
-        import torch
+    """One learner rank. `world_size == 1` on a CPU builds the model at once; otherwise the
+    group calls `setup(address, port)` on every rank (the process group, then the model)."""
 
-        from nemo_rlvr.learner.policy import PolicyWorker
+    def __init__(self, model_path: str, num_threads: int = 1, rank: int = 0, world_size: int = 1,
+                 **policy_kwargs: Any):
+        import torch
 
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.policy = PolicyWorker(model_path, **policy_kwargs)
+        self.rank, self.world_size = rank, world_size
+        self._model_path, self._policy_kwargs = model_path, policy_kwargs
+        self.policy = None
+        if not self.needs_process_group():
+            self.setup()
 
-    def logprobs(self, batch: TrainBatch) -> dict[str, Any]:
-        return self.policy.logprobs(batch)
+    def needs_process_group(self) -> bool:
+        import torch
+
+        return self.world_size > 1 or torch.cuda.is_available()
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        from nemo_rlvr.learner.distributed import rendezvous_address
+
+        return rendezvous_address()
+
+    def setup(self, master_address: str | None = None, master_port: int | None = None) -> None:
+        import torch
+
+        from nemo_rlvr.learner.distributed import init_distributed
+        from nemo_rlvr.learner.policy import PolicyWorker
+
+        if self.policy is not None:
+            return
+        if self.needs_process_group():
+            device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # Ray gives each rank one GPU, visible as cuda:0
+            init_distributed(self.rank, self.world_size, master_address, master_port, device=device)
+        self.policy = PolicyWorker(self._model_path, **self._policy_kwargs)
+
+    def logprobs(self, batch: TrainBatch, **which: bool) -> dict[str, Any]:
+        return self.policy.logprobs(batch, **which)
 
     def train(self, batch: TrainBatch) -> dict[str, float]:
         return self.policy.train(batch)
 
     def publish_weights(self, bucket_bytes: int) -> list[Any]:
-        return put_all(self.policy.export_weights(bucket_bytes))
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.policy.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.policy.load_state_dict(state)
+        buckets = self.policy.export_weights(bucket_bytes)  # every rank joins the gathers
+        return put_all(buckets) if self.rank == 0 else []
 
     def save(self, path: str) -> None:
         self.policy.save(path)
@@ -52,39 +83,46 @@ class LearnerWorker:
 
 
 class LearnerGroup:
-    """One learner today; the methods are the Learner contract of DESIGN.md."""
+    """W learner ranks behind the Learner contract of DESIGN.md; rank 0 answers for all."""
 
     def __init__(self, workers: list[Any]):
         self.workers = workers
-        self.lead = workers[0]
+        if len(workers) > 1 or resolve(call(workers[0], "needs_process_group")):
+            address, port = resolve(call(workers[0], "rendezvous_address"))
+            self._all("setup", address, port)  # every rank blocks until all have joined
 
-    def logprobs(self, batch: TrainBatch) -> dict[str, Any]:
-        return resolve(call(self.lead, "logprobs", batch))
+    def _all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """Call `method` on every rank at once (they meet in collectives) and wait for all."""
+        return [resolve(f) for f in [call(w, method, *args, **kwargs) for w in self.workers]]
+
+    def logprobs(self, batch: TrainBatch, **which: bool) -> dict[str, Any]:
+        """`logp_old` (policy=True) and `logp_ref` (reference=True, KL on) for every target token;
+        each rank fills its own rows and leaves the others 0, so the ranks' results add up."""
+        parts = self._all("logprobs", _shared(batch), **which)
+        return {k: sum(p[k] for p in parts[1:]) + parts[0][k] if len(parts) > 1 else parts[0][k]
+                for k in parts[0]}
 
     def train(self, batch: TrainBatch) -> dict[str, float]:
-        return resolve(call(self.lead, "train", batch))
+        return self._all("train", _shared(batch))[0]
 
     def weights(self, bucket_bytes: int) -> list[Any]:
         """Bucket refs (or buckets, without Ray) for `GeneratorGroup.load_weights`."""
-        return resolve(call(self.lead, "publish_weights", bucket_bytes))
-
-    def state_dict(self) -> dict[str, Any]:
-        return resolve(call(self.lead, "state_dict"))
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        resolve(call(self.lead, "load_state_dict", state))
+        return self._all("publish_weights", bucket_bytes)[0]
 
     def save(self, path: str) -> None:
         """Every rank writes its shard of the full state into folder `path` (shared filesystem)."""
-        for fut in [call(w, "save", path) for w in self.workers]:
-            resolve(fut)
+        self._all("save", path)
 
     def load(self, path: str) -> None:
-        for fut in [call(w, "load", path) for w in self.workers]:
-            resolve(fut)
+        self._all("load", path)
 
     def save_hf(self, path: str, tokenizer_path: str | None = None) -> None:
-        resolve(call(self.lead, "save_hf", path, tokenizer_path))
+        self._all("save_hf", path, tokenizer_path)
 
     def param_checksum(self) -> float:
-        return resolve(call(self.lead, "param_checksum"))
+        return self._all("param_checksum")[0]
+
+
+def _shared(batch: TrainBatch) -> Any:
+    """The batch once in Ray's object store (each rank reads the same copy); as is without Ray."""
+    return put_all([batch])[0]

@@ -1,8 +1,12 @@
-"""Turn samples into padded training tensors, and split them into micro-batches.
+"""Turn samples into padded training tensors, split them into micro-batches and ranks, and pack
+a micro-batch's sequences into fewer rows for a forward with little padding.
 
 Layout: each row is prompt + response, right-padded to the batch's longest row.
 Per-token arrays have L-1 columns: column t holds the log-prob of token t+1 given
 tokens 0..t, so `loss_mask[:, t]` is True iff token t+1 is a response token.
+
+Token budgets: a padded forward costs rows x longest row (padding is computed too); a packed
+one (`pack_rows`, learner/logprobs.py `packed=True`) about the sum of the real lengths.
 """
 
 from __future__ import annotations
@@ -55,14 +59,107 @@ def collate(samples: Sequence[Sample], adv: Tensor, *, pad_id: int) -> TrainBatc
     return TrainBatch(input_ids, attn, loss_mask, logp_gen, adv.to(torch.float32))
 
 
-def micro_batches(batch: TrainBatch, size: int) -> Iterator[TrainBatch]:
-    """Consecutive slices of at most `size` rows, trimmed of all-padding columns."""
-    for start in range(0, len(batch), size):
-        mb = batch.select(slice(start, start + size))
-        width = int(mb.attention_mask.sum(1).max())          # longest row in this slice
-        yield TrainBatch(
-            mb.input_ids[:, :width], mb.attention_mask[:, :width], mb.loss_mask[:, : width - 1],
-            mb.logp_gen[:, : width - 1], mb.adv,
-            None if mb.logp_old is None else mb.logp_old[:, : width - 1],
-            None if mb.logp_ref is None else mb.logp_ref[:, : width - 1],
-        )
+def _trim(mb: TrainBatch) -> TrainBatch:
+    """`mb` without the padding columns past its longest row."""
+    width = int(mb.attention_mask.sum(1).max())                                   # longest row here
+    return TrainBatch(
+        mb.input_ids[:, :width], mb.attention_mask[:, :width], mb.loss_mask[:, : width - 1],
+        mb.logp_gen[:, : width - 1], mb.adv,
+        None if mb.logp_old is None else mb.logp_old[:, : width - 1],
+        None if mb.logp_ref is None else mb.logp_ref[:, : width - 1],
+    )
+
+
+def micro_batches_by_tokens(batch: TrainBatch, max_tokens: int, *, packed: bool) -> Iterator[TrainBatch]:
+    """Consecutive slices, each as many rows as fit `max_tokens`, trimmed of all-padding columns.
+
+    Cost of a slice: with `packed` the sum of its rows' real lengths (what a packed forward
+    computes); without, rows x its longest row (padding is computed too). A row longer than the
+    budget alone gets a slice of its own: never dropped, never split. Rows keep their order, so
+    the slices' rows concatenated are `batch`'s rows.
+
+    The number of slices depends on the lengths: under FSDP every rank must run the same number
+    of forward/backward passes, so the caller all-reduces the count (max) and makes up the
+    difference with zero-weight passes.
+    """
+    if max_tokens <= 0:
+        raise ValueError(f"max_tokens={max_tokens}: a micro-batch token budget must be positive, "
+                         f"e.g. 16384 (the longest row always fits: it gets a micro-batch alone).")
+    lengths = batch.attention_mask.sum(1).tolist()                                # [N] real lengths
+    start, total, longest = 0, 0, 0
+    for i, n_tok in enumerate(lengths):
+        total, longest = total + n_tok, max(longest, n_tok)
+        cost = total if packed else (i - start + 1) * longest
+        if cost > max_tokens and i > start:  # row i does not fit: close [start, i), row i opens the next
+            yield _trim(batch.select(slice(start, i)))
+            start, total, longest = i, n_tok, n_tok
+    if start < len(lengths):
+        yield _trim(batch.select(slice(start, len(lengths))))
+
+
+def shard_by_tokens(batch: TrainBatch, world: int) -> list[Tensor]:
+    """For each of `world` ranks, the rows it trains on: [n_r] long, ascending; every row once.
+
+    Greedy longest-processing-time: rows by real length, longest first (ties: lower row index
+    first), each to the rank with the fewest tokens so far (ties: lower rank). Deterministic, so
+    every rank computes the same split from the same batch. With N < world (or many long rows)
+    some ranks get an empty tensor: such a rank must still run its forward/backward (FSDP
+    all-gathers and reduce-scatters need every rank) on a dummy row with its loss multiplied by 0,
+    and the loss normaliser stays the global token count, so its zero adds nothing.
+    """
+    if world <= 0:
+        raise ValueError(f"world={world}: the number of ranks must be positive.")
+    lengths = batch.attention_mask.sum(1).tolist()                                # [N] real lengths
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    load, rows = [0] * world, [[] for _ in range(world)]
+    for i in order:
+        r = min(range(world), key=lambda k: (load[k], k))                         # least loaded rank
+        load[r] += lengths[i]
+        rows[r].append(i)
+    return [torch.tensor(sorted(r), dtype=torch.long) for r in rows]
+
+
+def pack_rows(input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Pack right-padded rows into fewer rows, each as long as the longest sequence, for a forward
+    with `attention_mask=None` (position ids mark where sequences start).
+
+    Sequences go in order into the current row while they fit, else into a new row (next fit).
+    A row is never longer than the longest sequence, so attention, which on the CPU is dense over
+    a row, costs no more than padded rows do; the padding left over is what does not fit.
+
+    input_ids, attention_mask: [n, w]; loss_mask: [n, w-1] bool. Returns
+      ids  [R, C] long: the packed tokens, C = the longest sequence, R <= n rows (0 after the end),
+      pos  [R, C] long: position ids, restarting at 0 for each sequence (and for a row's tail),
+      at   [M] long: for each True of `loss_mask`, row-major (as `x[loss_mask]` orders them), the
+           index into the flattened [R * C] outputs that predicts that target.
+    """
+    n, w = attention_mask.shape
+    cols = torch.arange(w, device=attention_mask.device)                          # [w]
+    lengths = attention_mask.sum(1)                                               # [n]
+    if not torch.equal(attention_mask, cols < lengths[:, None]):
+        raise ValueError("pack_rows needs right-padded rows (attention_mask True on a prefix of each row); "
+                         "left-padded or holed masks would pack tokens of different rows out of order.")
+    if (loss_mask & ~attention_mask[:, 1:]).any():
+        raise ValueError("loss_mask is True on a padding target; in a packed row that position would predict "
+                         "the next row's first token. Build loss_mask with collate.")
+    cap = max(int(lengths.max()), 1) if n else 1
+    starts, row, used = [], 0, 0                                                  # flat start of each sequence
+    for length in lengths.tolist():
+        if used + length > cap:
+            row, used = row + 1, 0
+        starts.append(row * cap + used)
+        used += length
+    rows_used = row + 1
+    ids = torch.zeros(rows_used * cap, dtype=input_ids.dtype, device=input_ids.device)       # [R*C]
+    pos = torch.zeros(rows_used * cap, dtype=torch.long, device=input_ids.device)           # [R*C]
+    start = torch.tensor(starts, dtype=torch.long, device=input_ids.device)                 # [n]
+    flat = (start[:, None] + cols)[attention_mask]                                # [S] packed index per token
+    ids[flat] = input_ids[attention_mask]
+    pos[flat] = cols.expand(n, w)[attention_mask]
+    free = torch.ones(rows_used * cap, dtype=torch.bool, device=input_ids.device)
+    free[flat] = False
+    if free.any():  # a row's unused tail: its own block of positions 0, 1, ... (outputs unused)
+        tail = free.view(rows_used, cap)
+        pos.view(rows_used, cap)[tail] = (cols[:cap] - (cap - tail.sum(1, keepdim=True)))[tail]
+    r, t = loss_mask.nonzero(as_tuple=True)                                       # [M], [M] row-major
+    return ids.view(rows_used, cap), pos.view(rows_used, cap), start[r] + t

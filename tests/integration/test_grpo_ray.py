@@ -1,4 +1,5 @@
-"""Three GRPO steps of the tiny recipe through real Ray actors (HF backend, CPU)."""
+"""Three GRPO steps of the tiny recipe through real Ray actors (HF backend, CPU), with one learner
+process and with two learner ranks (FSDP2 over gloo, wired by build.make_workers)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ STEP_KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def ray_run(tiny_model_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-learner", "2-learner-ranks"])
+def ray_run(tiny_model_dir, tmp_path_factory, request):
     ray = pytest.importorskip("ray")
     from nemo_rlvr.build import build_run
     from nemo_rlvr.controller import train
@@ -35,8 +36,10 @@ def ray_run(tiny_model_dir, tmp_path_factory):
                              "env.module=tests.helpers.training_envs",
                              "train.prompts_per_step=8", "algorithm.group_size=4", "learner.lr=1e-3",
                              "algorithm.kl_coef=0.01", "validation.every_steps=0",
-                             "cluster.num_cpus=2", "checkpoint.export_hf=true"])
+                             f"cluster.num_cpus={1 + request.param}", "checkpoint.export_hf=true",
+                             f"learner.num_workers={request.param}"])
     run = build_run(cfg)
+    assert len(run.learner.workers) == request.param
     before = run.learner.param_checksum()
     train(run)
     run.logger.close()

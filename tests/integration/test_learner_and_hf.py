@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nemo_rlvr.config import AlgorithmConfig, LearnerConfig
@@ -46,13 +47,16 @@ def test_same_seed_same_samples_and_different_seed_differs(tiny_model_dir):
     assert [s.response_ids for s in a] != [s.response_ids for s in c]
 
 
-def test_micro_batch_size_does_not_change_the_update(tiny_model_dir):
+@pytest.mark.parametrize("packed", [True, False])
+def test_token_budget_and_packing_do_not_change_the_update(tiny_model_dir, packed):
     gen, samples = _rollout(tiny_model_dir)
     adv = torch.linspace(-1, 1, len(samples))
     batch = collate(samples, adv, pad_id=gen.pad_id)
     results = []
-    for mbs in (len(samples), 5, 1):
-        w = _worker(tiny_model_dir, micro_batch_size=mbs)
+    # one padded pass of everything (the reference), then budgets that split the batch in
+    # several passes and one sequence per pass
+    for budget, pack in ((100_000, False), (60, packed), (1, packed)):
+        w = _worker(tiny_model_dir, max_tokens_per_microbatch=budget, sequence_packing=pack)
         b = batch.with_(**w.logprobs(batch))
         metrics = w.train(b)
         # compare accumulated gradients (Adam's first step, ~lr*sign(g), amplifies rounding on g ~ 0)

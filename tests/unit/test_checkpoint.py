@@ -189,22 +189,21 @@ def test_resume_from_a_path_checks_it(tmp_path, tiny_model_dir):
 def test_changed_config_refused_with_key_and_both_values(tmp_path, tiny_model_dir, caplog):
     cfg = config(tmp_path, tiny_model_dir)
     checkpointer(cfg, tiny_model_dir).save(2)
-    changed = config(tmp_path, tiny_model_dir, "data.shuffle_seed=5", "learner.lr=3e-4")
-    # learner.num_workers=2 is refused when a config loads (no sharded learner yet, #11);
-    # the resume check must still catch a world-size change, so set it past validation
-    changed = changed.model_copy(update={"learner": changed.learner.model_copy(update={"num_workers": 2})})
+    changed = config(tmp_path, tiny_model_dir, "data.shuffle_seed=5", "data.chat_template=true",
+                     "learner.lr=3e-4")
     with pytest.raises(CheckpointError) as e:
         resume_point(changed, model_dir=tiny_model_dir)
     msg = str(e.value)
     assert "data.shuffle_seed: 0 (checkpoint) -> 5 (now)" in msg and "prompt order" in msg
-    assert "learner.num_workers: 1 (checkpoint) -> 2 (now)" in msg and "world size" in msg
+    assert "data.chat_template: False (checkpoint) -> True (now)" in msg and "tokenized" in msg
     assert "learner.lr" not in msg                                   # harmless: not refused
     harmless = config(tmp_path, tiny_model_dir, "learner.lr=3e-4", "train.steps=99",
-                      "logging.tensorboard=true", "train.prompts_per_step=8")
+                      "logging.tensorboard=true", "train.prompts_per_step=8", "learner.num_workers=2")
     with caplog.at_level(logging.WARNING):
         assert resume_point(harmless, model_dir=tiny_model_dir).step == 2
     assert "learner.lr: 0.0002 (checkpoint) -> 0.0003 (now)" in caplog.text
     assert f"train.steps: {cfg.train.steps} (checkpoint) -> 99 (now)" in caplog.text
+    assert "learner.num_workers: 1 (checkpoint) -> 2 (now)" in caplog.text  # DCP reshards
 
 
 def test_model_path_change_refused_unless_the_same_model_moved(tmp_path, tiny_model_dir):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from nemo_rlvr.data.dataset import PromptLoader
-from nemo_rlvr.learner.packing import collate, micro_batches
+from nemo_rlvr.learner.packing import collate, micro_batches_by_tokens
 from nemo_rlvr.types import Prompt, Sample
 
 
@@ -28,7 +28,7 @@ def test_collate_aligns_response_targets():
 def test_micro_batches_trim_padding_columns():
     batch = collate([_sample([5], [9], [-0.3]), _sample([5, 6], [7, 8], [-0.1, -0.2])],
                     torch.zeros(2), pad_id=0)
-    first, second = list(micro_batches(batch, 1))
+    first, second = list(micro_batches_by_tokens(batch, 4, packed=False))  # 1x2, then 2x4 > 4: apart
     assert first.input_ids.tolist() == [[5, 9]] and first.loss_mask.tolist() == [[True]]
     assert second.input_ids.shape == (1, 4)
 
