@@ -59,7 +59,8 @@ def make_workers(cfg: RunConfig, model_dir: str) -> tuple[GeneratorGroup, Learne
                           dtype=cfg.model.dtype, seed=cfg.seed)
     if cfg.cluster.mode == "local":
         gens = [GeneratorWorker(g.backend, model_dir, num_threads=0, **gen_kwargs)]
-        return GeneratorGroup(gens), LearnerGroup([LearnerWorker(model_dir, num_threads=0, **learner_kwargs)])
+        learner = LearnerGroup([LearnerWorker(model_dir, num_threads=0, **learner_kwargs)])
+        return GeneratorGroup(gens), connect_weights(cfg, learner, gens, use_gpu=torch.cuda.is_available())
     import ray
 
     from nemo_rlvr.cluster import place_workers, start_ray
@@ -75,7 +76,20 @@ def make_workers(cfg: RunConfig, model_dir: str) -> tuple[GeneratorGroup, Learne
     learners = [learn_cls.options(**o).remote(model_dir, num_threads=threads, rank=r, world_size=world,
                                               **learner_kwargs)
                 for r, o in enumerate(place.learner)]
-    return GeneratorGroup(gens), LearnerGroup(learners)
+    return GeneratorGroup(gens), connect_weights(cfg, LearnerGroup(learners), gens, use_gpu=place.use_gpu)
+
+
+def connect_weights(cfg: RunConfig, learner: LearnerGroup, generators: list, *, use_gpu: bool) -> LearnerGroup:
+    """Open the gloo weight-transfer group when generation.weight_transfer asks for it (auto: on a
+    CPU-only cluster); otherwise weights travel through the object store."""
+    mode = cfg.generation.weight_transfer
+    if mode == "auto":
+        mode = "object_store" if use_gpu else "gloo"
+    if mode == "gloo":
+        learner.init_weight_transfer(generators, int(cfg.generation.weight_sync_bucket_mb * 2**20))
+    log.info("weights reach the generators by %s", "the gloo weight-transfer group" if mode == "gloo"
+             else "Ray's object store")
+    return learner
 
 
 def vllm_kwargs(cfg: RunConfig) -> dict:

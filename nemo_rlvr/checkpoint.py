@@ -357,7 +357,7 @@ class Checkpointer:
         self.learner.load(str(point.path / "learner"))
         self.loader.load_state_dict(point.data)
         set_rng_state(torch.load(point.path / "rng.pt", weights_only=True))
-        generators.load_weights(self.learner.weights(bucket_bytes))  # before the first step
+        self.learner.push_weights(generators, bucket_bytes)  # before the first step
         self.protected = point.path
         if point.path.parent.resolve() == self.root.resolve():
             set_aside_newer(self.root, point.step)

@@ -37,11 +37,12 @@ class ClusterConfig(_Cfg):
     num_cpus: int | None = Field(None, ge=1)
     """CPUs for a local Ray; None uses every core of the machine."""
     placement: Literal["colocated", "split"] = "split"
-    """With GPUs: split gives each generator and the learner GPUs of their own; colocated puts one
-    generator and one learner rank on each GPU (0.5 GPU each; needs generation.num_workers *
-    tensor_parallel_size == learner.num_workers, so 1 today). Both stay resident on the GPU
-    (nothing puts vLLM to sleep during training yet, issue #12), so generation.gpu_memory_utilization
-    must leave the learner room. On a CPU-only machine both give one CPU bundle per worker."""
+    """With GPUs (bundles of one GPU each, planned before any actor starts; cluster.py): split gives
+    generators and learner ranks GPUs of their own; colocated puts one generator shard and one
+    learner rank on each GPU (0.5 GPU each; needs generation.num_workers * tensor_parallel_size ==
+    learner.num_workers); the generators sleep (vLLM sleep level 1: KV cache dropped, weights
+    offloaded to host memory) from scoring until the weight sync. On a CPU-only cluster both give
+    one CPU bundle per worker, and sleeping is a no-op."""
     object_store_mb: int = Field(512, ge=64)
     """Ray object store size for a local cluster, MiB (weight sync buckets live here)."""
 
@@ -134,7 +135,14 @@ class GenerationConfig(_Cfg):
     """Stop strings (the EOS token always stops)."""
     weight_sync_bucket_mb: float = Field(64.0, gt=0)
     """Weight sync bucket size, MiB: after each step the learner packs its parameters into flat
-    buffers of this size, which reach the generators through Ray's object store."""
+    buffers of this size (one dtype each) and sends them as generation.weight_transfer says."""
+    weight_transfer: Literal["auto", "gloo", "object_store"] = "auto"
+    """How weights reach the generators. gloo: learner rank 0 broadcasts the buckets over a gloo
+    group of its own through vLLM's weight-transfer handshake (init / start / update / finish;
+    a vLLM generator receives in its registered gloo engine, an HF one in the same calls).
+    object_store: the buckets go through Ray's shared-memory object store and each generator
+    reloads them. auto: gloo on a CPU-only cluster; object_store when there are GPUs (the NCCL
+    and CUDA-IPC engines are not wired into training yet, issue #12)."""
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     """vLLM on GPU: share of the GPU's memory its engine may take (weights + KV cache)."""
     kv_cache_gb: float = Field(1.0, gt=0)

@@ -2,9 +2,11 @@
 
     loader ──prompts──▶ generators (Ray actors) ──samples──▶ scorer (verifier pool)
        ▲                      ▲                                   │ scores
-       │                      │ weight buckets (object store)     ▼
+       │                      │ weights (gloo group / object store)▼
     checkpointer ◀── state ── learner (Ray actor) ◀── batch ── advantages (pure)
 
+With cluster.placement=colocated the generators sleep from scoring to the weight sync (vLLM frees
+its KV cache and offloads its weights on a GPU; a no-op on the CPU) and wake before it.
 Each phase runs in a named timer (`timing/<phase>`); one metrics dict per step goes
 to the logger; validation runs at the start, every `validation.every_steps` and at
 the end; the checkpointer saves full state so a resumed run continues the same curve.
@@ -99,6 +101,9 @@ def train(run: Components) -> RunState:
             with timer("generate"):
                 prompts = run.loader.next_batch(cfg.train.prompts_per_step)
                 samples = run.generators.generate(prompts, sampling_params(cfg, step=step))  # N = B*G
+            colocated = cfg.cluster.placement == "colocated"  # generators share the learner's GPUs
+            if colocated:
+                run.generators.sleep()  # vLLM drops its KV cache, offloads weights (no-op on CPU)
             with timer("score"):
                 scores = run.scorer.score(samples)          # never raises; .metrics: verifier/*
             rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)        # [N]
@@ -111,8 +116,10 @@ def train(run: Components) -> RunState:
                     batch = batch.with_(**run.learner.logprobs(batch, **passes))            # logp_old, logp_ref
             with timer("train"):
                 train_metrics = run.learner.train(batch)
+            if colocated:
+                run.generators.wake()   # back on the GPU before it takes the new weights
             with timer("weight_sync"):
-                sync_metrics = run.generators.load_weights(run.learner.weights(bucket_bytes))
+                sync_metrics = run.learner.push_weights(run.generators, bucket_bytes)
 
         mismatch = {} if batch.logp_old is None else logprob_mismatch(batch.logp_gen, batch.logp_old, batch.loss_mask)
         metrics = (rollout_metrics(samples, scores) | mismatch

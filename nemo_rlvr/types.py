@@ -58,6 +58,10 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int = 0
     """Per-call seed: the same prompts, weights and seed give the same samples."""
+    prompt_offset: int = 0
+    """Index of this call's first prompt in the whole step's prompts, when a generator group
+    splits a step across replicas: vLLM seeds each request from (seed, offset + prompt, sample),
+    so its samples do not depend on how prompts are spread."""
 
 
 @dataclass(frozen=True)

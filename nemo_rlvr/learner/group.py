@@ -2,8 +2,10 @@
 
     controller --batch--> LearnerGroup --the same batch (one object-store copy)--> rank 0 .. W-1
         each rank trains on its rows; FSDP2 reduces gradients; rank 0's metrics come back
-    LearnerWorker.publish_weights: every rank joins the gathers, rank 0 packs the buckets,
-    `ray.put`s each and returns the refs; generators read them from shared memory.
+    LearnerGroup.sync_weights: rank 0 sends over its gloo weight-transfer group to every
+        generator through vLLM's handshake (weights/transfer.py); the other ranks join the gathers
+    LearnerWorker.publish_weights (GPU runs until #12, tests, benchmarks): every rank joins the
+        gathers, rank 0 packs buckets and `ray.put`s them; generators read them from shared memory.
 
 A group of W ranks forms its process group before the model loads: rank 0 names an address
 (its node IP and a free port), then every rank joins (`LearnerWorker.setup`). Every method
@@ -69,6 +71,21 @@ class LearnerWorker:
         buckets = self.policy.export_weights(bucket_bytes)  # every rank joins the gathers
         return put_all(buckets) if self.rank == 0 else []
 
+    def init_weight_transfer(self, generators: list[Any], master_address: str, master_port: int,
+                             bucket_bytes: int) -> None:
+        """Rank 0 opens the gloo weight-transfer group with every generator (weights/transfer.py);
+        the other ranks only take part in the gathers of each update."""
+        from nemo_rlvr.weights.transfer import GeneratorClient, GlooTrainer, GlooTrainerInitInfo
+
+        info = GlooTrainerInitInfo(master_address=master_address, master_port=master_port,
+                                   world_size=1 + len(generators), packed_buffer_size_bytes=bucket_bytes,
+                                   rank=self.rank)
+        client = GeneratorClient(generators) if self.rank == 0 else None
+        self.sender = GlooTrainer.trainer_init(info, client=client, source=self.policy.model.named_parameters)
+
+    def sync_weights(self) -> dict[str, float]:
+        return self.sender.send_weights()
+
     def save(self, path: str) -> None:
         self.policy.save(path)
 
@@ -87,6 +104,8 @@ class LearnerGroup:
 
     def __init__(self, workers: list[Any]):
         self.workers = workers
+        self.transfer = False
+        """True once `init_weight_transfer` connected the generators (then use `sync_weights`)."""
         if len(workers) > 1 or resolve(call(workers[0], "needs_process_group")):
             address, port = resolve(call(workers[0], "rendezvous_address"))
             self._all("setup", address, port)  # every rank blocks until all have joined
@@ -108,6 +127,20 @@ class LearnerGroup:
     def weights(self, bucket_bytes: int) -> list[Any]:
         """Bucket refs (or buckets, without Ray) for `GeneratorGroup.load_weights`."""
         return self._all("publish_weights", bucket_bytes)[0]
+
+    def init_weight_transfer(self, generators: list[Any], bucket_bytes: int) -> None:
+        """Connect the learner to the generators (Ray actors or local objects) for `sync_weights`."""
+        address, port = resolve(call(self.workers[0], "rendezvous_address"))
+        self._all("init_weight_transfer", generators, address, port, bucket_bytes)
+        self.transfer = True
+
+    def push_weights(self, generators: Any, bucket_bytes: int) -> dict[str, float]:
+        """Give every generator the current weights: through the weight-transfer group once
+        `init_weight_transfer` connected it (all ranks join, rank 0 sends), else as buckets through
+        Ray's object store (`generators.load_weights`). Returns `weight_sync/*` metrics."""
+        if self.transfer:
+            return self._all("sync_weights")[0]
+        return generators.load_weights(self.weights(bucket_bytes))
 
     def save(self, path: str) -> None:
         """Every rank writes its shard of the full state into folder `path` (shared filesystem)."""

@@ -10,7 +10,7 @@ contract suite in tests/integration/test_generator_contract.py.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from nemo_rlvr.types import Prompt, Sample, SamplingParams, WeightBucket
 
@@ -25,6 +25,19 @@ class Generator(Protocol):
     def load_weights(self, buckets: Sequence[WeightBucket]) -> dict[str, float]:
         """Replace the policy weights (HF parameter names) in place; returns `weight_sync/*` metrics."""
         ...
+
+    # The receive side of vLLM's weight-transfer handshake (weights/transfer.py sends):
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        """Join the learner's transfer group (vLLM's `NCCLWeightTransferInitInfo` keys)."""
+        ...
+
+    def start_weight_update(self) -> None: ...
+
+    def update_weights(self, update_info: dict[str, Any]) -> dict[str, float]:
+        """Receive one update (names, dtype_names, shapes) while the learner sends it."""
+        ...
+
+    def finish_weight_update(self) -> None: ...
 
     def sleep(self) -> None:
         """Free accelerator memory (colocated mode); a no-op where unsupported."""

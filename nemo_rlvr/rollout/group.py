@@ -4,8 +4,10 @@
     learner --buckets (object store)--> GeneratorGroup.load_weights --one call each--> workers
 
 A worker builds its backend by name (`hf`, `vllm`), so the controller never imports
-a backend. Prompts are split into contiguous chunks, one per worker; worker r samples
-with seed `seed * 1009 + r`, so a run is reproducible for a fixed worker count.
+a backend. Prompts are split into contiguous chunks of equal size, one per worker, each told
+its first prompt's index (`SamplingParams.prompt_offset`): vLLM seeds every request from
+(seed, prompt index, sample), so its samples do not depend on the number of replicas; the HF
+backend seeds per call and chunk, so its samples are reproducible for a fixed worker count.
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ class GeneratorWorker:
     def load_weights(self, buckets: list[Any]) -> dict[str, float]:
         return self.backend.load_weights(resolve(list(buckets)))  # ObjectRefs -> WeightBuckets
 
+    # vLLM's weight-sync client calls (weights/transfer.py drives them from learner rank 0)
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        self.backend.init_weight_transfer_engine(init_info)
+
+    def start_weight_update(self) -> None:
+        self.backend.start_weight_update()
+
+    def update_weights(self, update_info: dict[str, Any]) -> dict[str, float]:
+        return self.backend.update_weights(update_info)
+
+    def finish_weight_update(self) -> None:
+        self.backend.finish_weight_update()
+
     def sleep(self) -> None:
         self.backend.sleep()
 
@@ -69,7 +84,7 @@ class GeneratorGroup:
         k = min(len(self.workers), len(prompts))
         bounds = [len(prompts) * r // k for r in range(k + 1)]
         futures = [call(w, "generate", list(prompts[bounds[r]:bounds[r + 1]]),
-                        replace(sampling, seed=sampling.seed * 1009 + r))
+                        replace(sampling, prompt_offset=sampling.prompt_offset + bounds[r]))
                    for r, w in enumerate(self.workers[:k])]
         out: list[Sample] = []
         for r, fut in enumerate(futures):

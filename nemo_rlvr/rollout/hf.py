@@ -19,11 +19,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from nemo_rlvr.types import Prompt, Sample, SamplingParams, WeightBucket
 from nemo_rlvr.weights.buckets import iter_bucket_tensors
+from nemo_rlvr.weights.gloo import join_group, receive_buckets
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class HFGenerator:
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
             # One seed per chunk, derived from the call's seed: same call -> same samples.
-            torch.manual_seed(sampling.seed * 1_000_003 + start)
+            torch.manual_seed(sampling.seed * 1_000_003 + sampling.prompt_offset * sampling.n + start)
             out.extend(self._generate_chunk(chunk, sampling))
         return out
 
@@ -110,10 +112,15 @@ class HFGenerator:
 
     # ------------------------------------------------------------------ weights
 
-    @torch.no_grad()
     def load_weights(self, buckets: Sequence[WeightBucket]) -> dict[str, float]:
-        t0, nbytes = time.perf_counter(), 0
-        for name, tensor in iter_bucket_tensors(buckets):
+        t0 = time.perf_counter()
+        nbytes = self._copy_in(iter_bucket_tensors(buckets))
+        return {"weight_sync/bytes": float(nbytes), "weight_sync/apply_s": time.perf_counter() - t0}
+
+    @torch.no_grad()
+    def _copy_in(self, named_tensors) -> int:
+        nbytes = 0
+        for name, tensor in named_tensors:
             param = self._params.get(name)
             if param is None:
                 raise KeyError(f"weight sync: generator has no parameter {name!r}")
@@ -121,7 +128,29 @@ class HFGenerator:
             nbytes += tensor.numel() * tensor.element_size()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return {"weight_sync/bytes": float(nbytes), "weight_sync/apply_s": time.perf_counter() - t0}
+        return nbytes
+
+    # ------------------------------------- the receive side of vLLM's weight-transfer calls
+
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        """Join the learner's gloo weight-transfer group as rank `rank_offset` (the keys of vLLM's
+        `NCCLWeightTransferInitInfo`, which weights/transfer.py sends to every generator)."""
+        self._transfer_group = join_group(init_info["master_address"], init_info["master_port"],
+                                          init_info["rank_offset"], init_info["world_size"])
+        self._transfer_bucket_bytes = init_info["packed_buffer_size_bytes"]
+
+    def start_weight_update(self) -> None:  # nothing to prepare: parameters are overwritten in place
+        pass
+
+    def update_weights(self, update_info: dict[str, Any]) -> dict[str, float]:
+        """Receive one update (vLLM's `NCCLWeightTransferUpdateInfo` keys) straight into the parameters."""
+        t0 = time.perf_counter()
+        meta = list(zip(update_info["names"], update_info["dtype_names"], update_info["shapes"]))
+        self._copy_in(receive_buckets(self._transfer_group, meta, self._transfer_bucket_bytes))
+        return {"weight_sync/apply_s": time.perf_counter() - t0}
+
+    def finish_weight_update(self) -> None:
+        pass
 
     def sleep(self) -> None:  # HF keeps its weights resident; nothing to free
         pass

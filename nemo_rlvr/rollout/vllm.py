@@ -13,16 +13,19 @@ in fp32, the learner's definition (greedy: T = 1). With top_p < 1, vLLM reports 
 log-prob under the truncated distribution while the learner cannot: keep top_p = 1
 for exact on-policy numerics.
 
-Weights (weights/buckets.py), one control call per update, then the prefix cache is
-reset (cached KV was computed with the old weights):
-  numpy / CPU buckets   -> the worker's `reload_weights(weights_iterator=...,
-                           is_checkpoint_format=True)`; on CPU the tied lm_head's packed
-                           copy is rebuilt afterwards (vLLM CPU bug, shared/notes/vllm-cpu.md)
+Weights, then the prefix cache is reset (cached KV was computed with the old weights):
+  CPU training          -> vLLM's weight-transfer calls (init_weight_transfer_engine /
+                           start_weight_update / update_weights / finish_weight_update) into
+                           the gloo engine registered for this process (weights/vllm_engine.py);
+                           the learner drives them (weights/transfer.py)
+  buckets (load_weights)-> the worker's `reload_weights(weights_iterator=...,
+                           is_checkpoint_format=True)`; GPU training uses this path today, and
+                           on CPU the tied lm_head's packed copy is rebuilt afterwards (vLLM CPU
+                           bug, shared/notes/vllm-cpu.md)
   CUDA IPC buckets      -> vLLM's "ipc" weight transfer (colocated placement)
   NCCL (receive_weights)-> vLLM's "nccl" weight transfer (split placement)
-Training sends numpy buckets on every placement today (learner/group.py); the IPC and
-NCCL receive sides follow vLLM 0.32's weight-transfer API and only tests/gpu calls them
-(skipped without CUDA; wiring them into training is #12).
+The IPC and NCCL receive sides follow vLLM 0.32's weight-transfer API and only tests/gpu calls
+them (skipped without CUDA; wiring them into training is #12).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from typing import Any, Literal
 
 from nemo_rlvr.types import Prompt, Sample, SamplingParams, WeightBucket
 from nemo_rlvr.weights.buckets import bucket_nbytes, iter_bucket_tensors
-from nemo_rlvr.weights.cuda import IpcBuffer, ipc_update_info
+from nemo_rlvr.weights.cuda import IPC_INIT_INFO, IpcBuffer, ipc_update_info
+from nemo_rlvr.weights.transfer import init_info_dict, update_info_dict
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +124,12 @@ class VLLMGenerator:
             # these when the engine is built; VLLM_CPU_KVCACHE_SPACE (legacy, whole GiB)
             # overrides kv_cache_memory_bytes if the user set it.
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            from nemo_rlvr.weights.vllm_engine import register
+
+            register()  # the gloo engine, in this process: the in-process engine builds it here
             kwargs.update(distributed_executor_backend="uni",
-                          kv_cache_memory_bytes=int(kv_cache_gb * 2**30))
+                          kv_cache_memory_bytes=int(kv_cache_gb * 2**30),
+                          weight_transfer_config={"backend": "gloo"})
         from vllm import LLM
 
         t0 = time.perf_counter()
@@ -129,7 +137,7 @@ class VLLMGenerator:
         self.tokenizer = self.llm.get_tokenizer()
         self._tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
         if self.on_gpu and placement == "colocated":
-            self.llm.init_weight_transfer_engine({"init_info": {"packed": True}})
+            self.llm.init_weight_transfer_engine({"init_info": IPC_INIT_INFO})
         log.info("vLLM engine for %s ready in %.1f s (%s, %s)", model_path, time.perf_counter() - t0,
                  "cuda" if self.on_gpu else "cpu", placement)
 
@@ -147,7 +155,7 @@ class VLLMGenerator:
                     n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
                     max_tokens=sampling.max_new_tokens, stop=list(sampling.stop) or None,
                     include_stop_str_in_output=True, logprobs=0,
-                    seed=request_seed(sampling.seed, i, j, sampling.n)))
+                    seed=request_seed(sampling.seed, sampling.prompt_offset + i, j, sampling.n)))
                 owners.append(i)
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         samples = []
@@ -204,16 +212,33 @@ class VLLMGenerator:
             lm_head = worker.get_model().lm_head
             lm_head.quant_method.process_weights_after_loading(lm_head)
 
+    # -------------------------------------------- vLLM's weight-sync client calls (weights/transfer.py)
+
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        """Join the learner's weight-transfer group (blocks until every member has joined)."""
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info: dict[str, Any]) -> dict[str, float]:
+        """Receive one update (runs while the learner broadcasts)."""
+        t0 = time.perf_counter()
+        self.llm.update_weights({"update_info": update_info})
+        return {"weight_sync/apply_s": time.perf_counter() - t0}
+
+    def finish_weight_update(self) -> None:
+        self.llm.finish_weight_update()
+        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+
     def init_weight_update_group(self, master_address: str, master_port: int, rank_offset: int,
                                  world_size: int, num_buffers: int = 2) -> None:
         """Join the learner's NCCL group (split placement, GPU); blocks until every rank joins."""
         if not self.on_gpu:
             raise RuntimeError("NCCL weight sync needs CUDA; on CPU generators load numpy buckets.")
-        self.llm.init_weight_transfer_engine({"init_info": {
-            "master_address": master_address, "master_port": master_port, "rank_offset": rank_offset,
-            "world_size": world_size, "packed": True,
-            "packed_buffer_size_bytes": self.weight_transfer_buffer_bytes,
-            "packed_num_buffers": num_buffers}})
+        self.llm.init_weight_transfer_engine({"init_info": init_info_dict(
+            master_address=master_address, master_port=master_port, world_size=world_size,
+            bucket_bytes=self.weight_transfer_buffer_bytes, rank_offset=rank_offset, num_buffers=num_buffers)})
 
     def receive_weights(self, meta: Sequence[tuple[str, str, list[int]]]) -> dict[str, float]:
         """Receive one update broadcast by `NcclWeightSender.send` (run both concurrently)."""
@@ -221,9 +246,7 @@ class VLLMGenerator:
 
         t0 = time.perf_counter()
         self.llm.start_weight_update()
-        self.llm.update_weights({"update_info": {
-            "names": [m[0] for m in meta], "dtype_names": [m[1] for m in meta],
-            "shapes": [list(m[2]) for m in meta]}})
+        self.llm.update_weights({"update_info": update_info_dict(meta)})
         self.llm.finish_weight_update()
         self.llm.reset_prefix_cache()
         nbytes = sum(math.prod(s) * torch.empty((), dtype=getattr(torch, d)).element_size()

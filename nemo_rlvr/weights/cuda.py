@@ -90,6 +90,10 @@ def _merge_ipc_handles(buckets: list[WeightBucket]) -> list[WeightBucket]:
     return out
 
 
+IPC_INIT_INFO = {"packed": True}
+"""vLLM's `IPCWeightTransferInitInfo` for packed buckets (one CUDA buffer per bucket)."""
+
+
 def ipc_update_info(bucket: WeightBucket) -> dict[str, Any]:
     """vLLM's packed IPC `update_info` for one bucket (consumed by its "ipc" weight transfer)."""
     itemsize = torch.empty((), dtype=getattr(torch, bucket.dtype)).element_size()

@@ -10,6 +10,7 @@ embedding, so the weight tests also cover vLLM CPU's tied-lm_head refresh).
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 
 import pytest
 import torch
@@ -140,6 +141,33 @@ def test_same_seed_same_samples_other_seed_differs(gen, reference):
     a, b, c = run(5), run(5), run(6)
     assert a == b
     assert [x[0] for x in a] != [x[0] for x in c]
+
+
+def test_vllm_samples_do_not_depend_on_how_prompts_are_spread(gen, reference, request):
+    """Two replicas each given part of a step (with its prompt_offset, as GeneratorGroup does)
+    sample exactly what one engine samples for the whole step: seeds are per request."""
+    if request.node.callspec.params["gen"] != "vllm":
+        pytest.skip("the HF backend seeds per call and chunk: reproducible for a fixed worker count")
+    _, tok = reference
+    prompts = _prompts(tok)
+    sp = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=11)
+    whole = gen.generate(prompts, sp)
+    parts = gen.generate(prompts[:1], sp) + gen.generate(prompts[1:], replace(sp, prompt_offset=1))
+    assert [(s.response_ids, s.logprobs) for s in parts] == [(s.response_ids, s.logprobs) for s in whole]
+    shifted = gen.generate(prompts[1:], sp)  # without the offset the seeds differ
+    assert [s.response_ids for s in shifted] != [s.response_ids for s in whole[2:]]
+
+
+def test_a_generator_that_slept_samples_as_one_that_never_did(gen, reference):
+    """sleep() then wake() (colocated placement) leaves the weights and sampling unchanged (on the
+    CPU both are no-ops, but the calls run through the same path)."""
+    _, tok = reference
+    sp = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=3)
+    before = gen.generate(_prompts(tok), sp)
+    gen.sleep()
+    gen.wake()
+    after = gen.generate(_prompts(tok), sp)
+    assert [(s.response_ids, s.logprobs) for s in after] == [(s.response_ids, s.logprobs) for s in before]
 
 
 def test_stop_string_ends_the_sample_where_it_first_appears(gen, reference):

@@ -1,5 +1,6 @@
-"""Three GRPO steps of the tiny recipe through real Ray actors (HF backend, CPU), with one learner
-process and with two learner ranks (FSDP2 over gloo, wired by build.make_workers)."""
+"""Three GRPO steps of the tiny recipe through real Ray actors (HF backend, CPU): one learner
+process and one generator; and two learner ranks (FSDP2 over gloo) with two generator replicas.
+Weights reach the generators through the gloo weight-transfer group (vLLM's handshake)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ STEP_KEYS = {
     "train/entropy", "train/grad_norm", "train/lr", "loss/total", "loss/pg", "loss/kl", "loss/clip_frac",
     "reward/digit_share/mean", "verifier/errors", "verifier/seconds", "timing/generate", "timing/score",
     "timing/logprobs", "timing/train", "timing/weight_sync", "timing/step", "weight_sync/bytes",
+    "weight_sync/gb_per_s",
     "throughput/gen_tokens_per_s", "throughput/train_tokens_per_s",
 }
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["1-learner", "2-learner-ranks"])
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-learner-1-generator", "2-learner-ranks-2-generators"])
 def ray_run(tiny_model_dir, tmp_path_factory, request):
     ray = pytest.importorskip("ray")
     from nemo_rlvr.build import build_run
@@ -36,10 +38,13 @@ def ray_run(tiny_model_dir, tmp_path_factory, request):
                              "env.module=tests.helpers.training_envs",
                              "train.prompts_per_step=8", "algorithm.group_size=4", "learner.lr=1e-3",
                              "algorithm.kl_coef=0.01", "validation.every_steps=0",
-                             f"cluster.num_cpus={1 + request.param}", "checkpoint.export_hf=true",
-                             f"learner.num_workers={request.param}"])
+                             f"cluster.num_cpus={2 * request.param}", "checkpoint.export_hf=true",
+                             f"learner.num_workers={request.param}", f"generation.num_workers={request.param}",
+                             # colocated: the loop sleeps and wakes the generators (no-ops on CPU)
+                             f"cluster.placement={'colocated' if request.param == 1 else 'split'}"])
     run = build_run(cfg)
-    assert len(run.learner.workers) == request.param
+    assert len(run.learner.workers) == len(run.generators.workers) == request.param
+    assert run.learner.transfer
     before = run.learner.param_checksum()
     train(run)
     run.logger.close()

@@ -1,0 +1,143 @@
+"""Weight transfer through vLLM's handshake, on the CPU: the dicts our code sends are parsed by
+vLLM's own info classes for every backend (API drift fails here, not on a GPU), the gloo engines
+are what vLLM's factories resolve, and a real transfer lands the learner's weights in an HF
+generator (the receive side both backends share; vLLM's runs in tests/integration/test_grpo_vllm.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+
+import pytest
+import torch
+
+from nemo_rlvr.types import WeightBucket
+from nemo_rlvr.weights.cuda import IPC_INIT_INFO, IpcBuffer, ipc_update_info
+from nemo_rlvr.weights.gloo import param_meta
+from nemo_rlvr.weights.transfer import (
+    GeneratorClient,
+    GlooTrainer,
+    GlooTrainerInitInfo,
+    init_info_dict,
+    update_info_dict,
+)
+
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CheckedGenerator:
+    """A real HF generator whose weight-transfer calls first parse their dicts with vLLM's classes
+    (as vLLM's worker does: `init_info_cls(**d)`), recording the calls in order."""
+
+    def __init__(self, generator, calls: list[str]):
+        self.gen, self.calls = generator, calls
+
+    def init_weight_transfer_engine(self, init_info):
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferInitInfo
+
+        NCCLWeightTransferInitInfo(**init_info)
+        self.calls.append(f"init rank_offset={init_info['rank_offset']}")
+        self.gen.init_weight_transfer_engine(init_info)
+
+    def start_weight_update(self):
+        self.calls.append("start")
+        self.gen.start_weight_update()
+
+    def update_weights(self, update_info):
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferUpdateInfo
+
+        NCCLWeightTransferUpdateInfo(**update_info)
+        self.calls.append("update")
+        return self.gen.update_weights(update_info)
+
+    def finish_weight_update(self):
+        self.calls.append("finish")
+        self.gen.finish_weight_update()
+
+
+@needs_vllm
+def test_our_dicts_parse_as_vllms_info_classes_for_every_backend():
+    from vllm.distributed.weight_transfer.ipc_engine import (
+        IPCWeightTransferInitInfo,
+        IPCWeightTransferUpdateInfo,
+    )
+    from vllm.distributed.weight_transfer.nccl_engine import (
+        NCCLWeightTransferInitInfo,
+        NCCLWeightTransferUpdateInfo,
+    )
+
+    from nemo_rlvr.weights.vllm_engine import GlooWeightTransferEngine
+
+    meta = param_meta([("a.weight", torch.zeros(3, 2)), ("b", torch.zeros(4, dtype=torch.bfloat16))])
+    init = init_info_dict(master_address="10.0.0.1", master_port=29500, world_size=3, bucket_bytes=1 << 20,
+                          rank_offset=1)
+    nccl = NCCLWeightTransferInitInfo(**init)  # nccl and gloo share the class
+    assert (nccl.rank_offset, nccl.world_size, nccl.packed, nccl.packed_buffer_size_bytes) == (1, 3, True, 1 << 20)
+    upd = NCCLWeightTransferUpdateInfo(**update_info_dict(meta))
+    assert (upd.names, upd.dtype_names, upd.shapes) == (["a.weight", "b"], ["float32", "bfloat16"], [[3, 2], [4]])
+    assert GlooWeightTransferEngine.init_info_cls is NCCLWeightTransferInitInfo
+    assert GlooWeightTransferEngine.update_info_cls is NCCLWeightTransferUpdateInfo
+    assert IPCWeightTransferInitInfo(**IPC_INIT_INFO).packed is True
+    bucket = WeightBucket(names=("a.weight", "c"), shapes=((3, 2), (5,)), offsets=(0, 6), dtype="float32",
+                          data=IpcBuffer({"GPU-uuid": ("rebuild args",)}))
+    ipc = IPCWeightTransferUpdateInfo(**ipc_update_info(bucket))
+    assert ipc.tensor_sizes == [24, 20] and ipc.ipc_handles == {"GPU-uuid": ("rebuild args",)}
+    with pytest.raises(TypeError):  # the classes do check: a missing rank_offset is refused
+        NCCLWeightTransferInitInfo(**{k: v for k, v in init.items() if k != "rank_offset"})
+
+
+@needs_vllm
+def test_vllm_factories_resolve_the_gloo_engines():
+    from vllm.config import WeightTransferConfig
+    from vllm.distributed.weight_transfer.factory import (
+        WeightTransferEngineFactory,
+        WeightTransferTrainerFactory,
+    )
+
+    from nemo_rlvr.weights.transfer import register_with_vllm
+    from nemo_rlvr.weights.vllm_engine import GlooWeightTransferEngine, register
+
+    register()
+    register()  # idempotent
+    assert register_with_vllm()
+    assert WeightTransferConfig(backend="gloo").backend == "gloo"
+    assert WeightTransferEngineFactory._registry["gloo"]() is GlooWeightTransferEngine  # a lazy loader
+    info = GlooTrainerInitInfo(master_address="127.0.0.1", master_port=1, world_size=2,
+                               packed_buffer_size_bytes=64, rank=1)  # rank 1: no rendezvous
+    trainer = WeightTransferTrainerFactory.trainer_init(info, client=None, source=lambda: [])
+    assert isinstance(trainer, GlooTrainer) and not trainer.is_sender
+
+
+def test_gloo_transfer_lands_the_weights_in_an_hf_generator(tiny_model_dir):
+    """The learner-side engine sends a changed model over gloo; the generator (in this process,
+    on its own thread, as in cluster.mode=local) ends with exactly those weights."""
+    from transformers import AutoModelForCausalLM
+
+    from nemo_rlvr.rollout.hf import HFGenerator
+
+    source = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for i, p in enumerate(source.parameters()):
+            p.add_(0.01 * (i + 1))
+    gen = HFGenerator(tiny_model_dir)
+    calls: list[str] = []
+    target = CheckedGenerator(gen, calls) if importlib.util.find_spec("vllm") else gen
+    info = GlooTrainerInitInfo(master_address="127.0.0.1", master_port=free_port(), world_size=2,
+                               packed_buffer_size_bytes=64 * 1024, rank=0)  # several buckets
+    trainer = GlooTrainer.trainer_init(info, client=GeneratorClient([target]), source=source.named_parameters)
+    for _ in range(2):  # a second update through the same group
+        metrics = trainer.send_weights()
+    want = dict(source.named_parameters())
+    for name, p in gen.model.named_parameters():
+        torch.testing.assert_close(p, want[name], rtol=0, atol=0, msg=name)
+    nbytes = sum(p.numel() * 4 for p in source.parameters())
+    assert metrics["weight_sync/bytes"] == nbytes and metrics["weight_sync/gb_per_s"] > 0
+    if calls:
+        assert calls == ["init rank_offset=1"] + ["start", "update", "finish"] * 2
