@@ -22,11 +22,16 @@ copies of the weights one sync costs). Each transport is the median of `--reps` 
 warm-up sync; the transports take turns within a rep (alternating order), each rep syncing a
 new version of the weights. The learner runs on 1 torch thread (a learner rank's default here).
 
-Afterwards every transport proves it delivered: the learner's weights get 2% noise, that
-transport syncs them, and each generator greedily generates from a few fixed prompts; the
-log-probs it reports must equal a transformers forward of the learner on those tokens within
---atol, while the same check before the sync must fail (so the check can see a stale model).
-The HF generator's parameters must moreover be bit-identical to the learner's.
+Afterwards every transport proves it delivered: the learner's weights change (noise of
+--noise x each tensor's mean |value| added), that transport syncs them once, and
+  - the generator greedily generates from a few fixed prompts: the log-probs it reports must
+    equal a transformers forward of the learner on those tokens within --atol, and must not
+    before the sync (so the check can see a stale model);
+  - the bytes that arrived must be the learner's, parameter by parameter (sha1): the HF
+    generator's parameters; for vLLM, every (name, tensor) its model's `load_weights` was given
+    (its CPU linear layers keep only a repacked copy, and a stale small tensor such as a k_proj
+    bias barely moves the log-probs).
+A failed check is printed on that transport's line and the script exits non-zero.
 """
 
 from __future__ import annotations
@@ -219,42 +224,71 @@ def generator_logprob_error(model, actor, prompts) -> tuple[float, int]:
     return err, count
 
 
+def _digest(t) -> str:
+    import hashlib
+
+    return hashlib.sha1(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
 def _hf_param_digests(worker) -> dict[str, str]:
-    import hashlib
-
-    return {n: hashlib.sha1(p.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-            for n, p in worker.backend.model.named_parameters()}
+    """(In the HF generator actor) a digest of every parameter's bytes."""
+    return {n: _digest(p) for n, p in worker.backend.model.named_parameters()}
 
 
-def hf_param_mismatches(model, actor) -> list[str]:
-    """Names whose bytes differ between the learner and the HF generator actor (or exist on one side)."""
-    import hashlib
+def _tap_vllm_loads(worker, on: bool) -> dict[str, str]:
+    """(In the vLLM generator actor) wrap the model's `load_weights`, which both vLLM paths call
+    (reload_weights and the weight-transfer engine), so each (name, tensor) it is given gets
+    digested; `on=False` removes the wrapper and returns the digests. vLLM's CPU linear layers
+    keep only a repacked kernel copy, so what they are given is what can be compared."""
+    model = worker.backend.llm.llm_engine.model_executor.driver_worker.worker.get_model()
+    if not on:
+        del model.load_weights  # the class's method again
+        return model.__dict__.pop("_bench_digests")
+    if "load_weights" in model.__dict__:
+        raise RuntimeError("the vLLM model's load_weights is already wrapped")
+    original, digests = model.load_weights, {}
 
-    import ray
+    def load_weights(weights, *args, **kwargs):
+        def tapped():
+            for name, tensor in weights:
+                digests[name] = _digest(tensor)
+                yield name, tensor
+        return original(tapped(), *args, **kwargs)
 
-    theirs = ray.get(actor.__ray_call__.remote(_hf_param_digests))
-    ours = {n: hashlib.sha1(p.detach().contiguous().numpy().tobytes()).hexdigest()
-            for n, p in model.named_parameters()}
+    model._bench_digests, model.load_weights = digests, load_weights
+    return {}
+
+
+def digest_mismatches(model, theirs: dict[str, str]) -> list[str]:
+    """Names whose bytes differ between the learner and `theirs` (or exist on one side only)."""
+    ours = {n: _digest(p) for n, p in model.named_parameters()}
     return sorted(n for n in ours.keys() | theirs.keys() if ours.get(n) != theirs.get(n))
 
 
-def verify(t: Transport, model, prompts, atol: float, seed: int) -> None:
-    """New weights (2% noise), one sync by `t`, then the generator must serve exactly them."""
+def verify(t: Transport, model, prompts, atol: float, seed: int, noise: float) -> None:
+    """New weights (additive noise), one sync by `t`, then the generator must serve exactly them:
+    its log-probs match the learner's (and did not before the sync: the check sees a stale model),
+    and the bytes that arrived are the learner's (HF: its parameters; vLLM: what load_weights got)."""
+    import ray
     import torch
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(1.0 + 0.02 * torch.randn(p.shape, generator=g))
+        for p in model.parameters():  # scaled to the tensor; floored so zero biases change too
+            p.add_(noise * max(p.abs().mean().item(), 0.02) * torch.randn(p.shape, generator=g))
     before, _ = generator_logprob_error(model, t.actor, prompts)
+    if t.generator == "vLLM":
+        ray.get(t.actor.__ray_call__.remote(_tap_vllm_loads, True))
     t.sync()
+    if t.generator == "vLLM":
+        theirs, what = ray.get(t.actor.__ray_call__.remote(_tap_vllm_loads, False)), "tensors vLLM loaded"
+    else:
+        theirs, what = ray.get(t.actor.__ray_call__.remote(_hf_param_digests)), "params"
     after, ntok = generator_logprob_error(model, t.actor, prompts)
-    notes = [f"max |dlogp| {after:.1e} over {ntok} tokens (stale model: {before:.1e})"]
-    t.ok = after <= atol and before > atol
-    if t.generator == "HF":
-        bad = hf_param_mismatches(model, t.actor)
-        notes.append("params bit-identical" if not bad else f"{len(bad)} params differ, e.g. {bad[0]}")
-        t.ok = t.ok and not bad
+    bad = digest_mismatches(model, theirs)
+    t.ok = after <= atol and before > atol and not bad
+    notes = [f"max |dlogp| {after:.1e} over {ntok} tokens (stale model: {before:.1e})",
+             f"{len(theirs)} {what} bit-identical" if not bad else f"{len(bad)} {what} differ, e.g. {bad[0]}"]
     if before <= atol:
         notes.append("check cannot see a stale model")
     t.check = ("ok: " if t.ok else "FAILED: ") + ", ".join(notes)
@@ -267,6 +301,8 @@ def main() -> None:
     ap.add_argument("--bucket-mb", type=float, default=64.0)
     ap.add_argument("--atol", type=float, default=1e-4,
                     help="largest |generator - learner| log-prob accepted after a sync")
+    ap.add_argument("--noise", type=float, default=0.02,
+                    help="the checks' weight change: N(0, noise * mean |p|) added to every tensor")
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
 
@@ -324,7 +360,7 @@ def main() -> None:
                 t.phases.setdefault(k, []).append(v)
 
     for i, t in enumerate(transports):
-        verify(t, model, prompts, args.atol, seed=i)
+        verify(t, model, prompts, args.atol, seed=i, noise=args.noise)
     load1 = os.getloadavg()[0]
     for trainer in trainers:
         trainer.shutdown()
@@ -349,9 +385,9 @@ def main() -> None:
         lines.append(f"  {t.name:<{width}}  {med:8.4f} s = {med / gb:7.3f} s/GB  "
                      f"ratio {med / gb / copy_s_per_gb:7.1f}x"
                      + (f"  ({', '.join(extra)})" if extra else ""))
-    lines.append("  checks (new weights with 2% noise, one sync each; |dlogp| = generator vs transformers "
-                 f"log-prob of its greedy tokens, atol {args.atol:g}; freshly loaded from disk: "
-                 + ", ".join(f"{g} {e:.1e}" for g, e in fresh_err.items()) + "):")
+    lines.append(f"  checks (new weights: + N(0, {args.noise:g} mean|p|), one sync each; |dlogp| = generator "
+                 f"vs transformers log-prob of its greedy tokens, atol {args.atol:g}; freshly loaded from "
+                 "disk: " + ", ".join(f"{g} {e:.1e}" for g, e in fresh_err.items()) + "):")
     lines += [f"    {t.name:<{width}}  {t.check}" for t in transports]
     print("\n".join(lines))
     if args.write_results:

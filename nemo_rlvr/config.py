@@ -223,6 +223,12 @@ class LearnerConfig(_Cfg):
     activation_checkpointing: bool = False
     """Recompute each decoder block's activations in the backward instead of keeping them
     (transformers' gradient checkpointing, non-reentrant): less memory, ~1/3 more compute."""
+    reference: Literal["model", "host_copy"] = "model"
+    """Where the frozen KL reference (algorithm.kl_coef > 0) lives. model: a second model, sharded
+    like the policy, on the learner's device (one more model's memory there, no copies per step).
+    host_copy: its weights (this rank's shard) in host memory; for the reference pass the policy
+    module takes them in and gives its own back after (no device memory, two host<->device copies
+    of the weights per step). The memory used is logged at start."""
     cpu_offload: bool = False
     """Sharded learner on GPUs: keep sharded parameters, gradients and optimizer state in host
     memory (FSDP2 CPUOffloadPolicy; the optimizer step runs on the CPU)."""

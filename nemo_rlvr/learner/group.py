@@ -118,8 +118,7 @@ class LearnerGroup:
         """`logp_old` (policy=True) and `logp_ref` (reference=True, KL on) for every target token;
         each rank fills its own rows and leaves the others 0, so the ranks' results add up."""
         parts = self._all("logprobs", _shared(batch), **which)
-        return {k: sum(p[k] for p in parts[1:]) + parts[0][k] if len(parts) > 1 else parts[0][k]
-                for k in parts[0]}
+        return {k: sum((p[k] for p in parts[1:]), parts[0][k]) for k in parts[0]}
 
     def train(self, batch: TrainBatch) -> dict[str, float]:
         return self._all("train", _shared(batch))[0]

@@ -18,6 +18,7 @@ tests/integration/test_sharded_learner.py).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
@@ -63,10 +64,19 @@ class PolicyWorker:
         self.model.train()
         if learner.activation_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.ref = None
-        if algorithm.kl_coef > 0:  # frozen copy of the starting policy
+        self.ref = None         # the frozen starting policy as a model of its own (reference=model)
+        self.ref_host = None    # ... or its (local shard of the) weights in host memory (host_copy)
+        if algorithm.kl_coef > 0 and learner.reference == "model":
             self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
         self._place(learner)
+        if algorithm.kl_coef > 0 and learner.reference == "host_copy":
+            self._reshard()
+            self.ref_host = [_local(p).detach().to("cpu", copy=True) for p in self.model.parameters()]
+        if algorithm.kl_coef > 0:
+            held = self.ref_host or ([_local(p) for p in self.ref.parameters()])
+            mib = sum(t.numel() * t.element_size() for t in held) / 2**20
+            log.info("KL reference: %s, %.1f MiB per rank (%s)", learner.reference, mib,
+                     "host memory" if self.ref_host else self.device.type)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=learner.lr, betas=learner.betas,
                                      weight_decay=learner.weight_decay)
@@ -139,17 +149,47 @@ class PolicyWorker:
         rank's rows are filled (the rest are 0), and the caller sums the ranks' results."""
         out = {}
         if policy:
-            out["logp_old"] = torch.zeros_like(batch.logp_gen)
+            out["logp_old"] = self._all_logprobs(self.model, batch)
         if reference and self.ref is not None:
-            out["logp_ref"] = torch.zeros_like(batch.logp_gen)
-        for rows, mb in self._passes(batch):
-            w = mb.loss_mask.shape[1]
-            for key, model in (("logp_old", self.model), ("logp_ref", self.ref)):
-                if key in out:
-                    logp, _ = self._token_logp(model, mb)
-                    if rows is not None:
-                        out[key][rows, :w] = logp.cpu()
+            out["logp_ref"] = self._all_logprobs(self.ref, batch)
+        elif reference and self.ref_host is not None:
+            with self._reference_weights():
+                out["logp_ref"] = self._all_logprobs(self.model, batch)
         return out
+
+    def _all_logprobs(self, model, batch: TrainBatch) -> Tensor:
+        out = torch.zeros_like(batch.logp_gen)                                       # [N, L-1]
+        for rows, mb in self._passes(batch):
+            logp, _ = self._token_logp(model, mb)
+            if rows is not None:
+                out[rows, : mb.loss_mask.shape[1]] = logp.cpu()
+        return out
+
+    @contextlib.contextmanager
+    def _reference_weights(self) -> Iterator[None]:
+        """The policy module holding the reference weights for a while (reference=host_copy): its
+        own go to host memory and come back after, so the device never holds two models."""
+        self._reshard()  # FSDP2 may hold the root's gathered parameters: work on the shards
+        params = [_local(p) for p in self.model.parameters()]
+        stash = [t.to("cpu", copy=True) for t in params]
+        for t, ref in zip(params, self.ref_host):
+            t.copy_(ref)
+        try:
+            yield
+        finally:
+            self._reshard()
+            for t, mine in zip(params, stash):
+                t.copy_(mine)
+
+    def _reshard(self) -> None:
+        """Free FSDP2's gathered parameters, so `parameters()` are this rank's shards again."""
+        if not self.sharded:
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        for m in self.model.modules():
+            if isinstance(m, FSDPModule):
+                m.reshard()
 
     # ------------------------------------------------------------------ train
 
@@ -293,6 +333,11 @@ class PolicyWorker:
     def param_checksum(self) -> float:
         """Sum of all parameters in float64: a cheap fingerprint for tests (every rank calls it)."""
         return float(sum(materialize(p).double().sum() for p in self.model.parameters()))
+
+
+def _local(p: Tensor) -> Tensor:
+    """The tensor this rank holds of a parameter: its shard of a DTensor (same storage), else itself."""
+    return p.to_local() if hasattr(p, "to_local") else p
 
 
 def rng_state() -> dict[str, Any]:

@@ -109,11 +109,6 @@ def ipc_update_info(bucket: WeightBucket) -> dict[str, Any]:
 # ---------------------------------------------------------------- GPU: split (NCCL broadcast)
 
 
-def weight_meta(named_tensors: NamedTensors) -> list[tuple[str, str, list[int]]]:
-    """(name, dtype name, full shape) per parameter, without gathering anything."""
-    return [(n, dtype_name(t.dtype), list(t.shape)) for n, t in named_tensors]
-
-
 class NcclWeightSender:
     """Learner side of split-placement sync: rank 0 broadcasts packed chunks over NCCL.
 
@@ -126,7 +121,7 @@ class NcclWeightSender:
 
     Per update, concurrently: every learner rank `send(model.named_parameters())`
     (non-zero ranks only join the FSDP gathers) and every generator
-    `receive_weights(weight_meta(...))`. Both sides must use the same bucket_bytes.
+    `receive_weights(param_meta(...))` (weights/gloo.py). Both sides must use the same bucket_bytes.
     """
 
     def __init__(self, master_address: str, master_port: int, world_size: int, *,

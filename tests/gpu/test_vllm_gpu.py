@@ -102,7 +102,8 @@ def test_split_nccl_sync(ray_local, model_dir):
     from concurrent.futures import ThreadPoolExecutor
 
     from nemo_rlvr.rollout.vllm import VLLMGenerator
-    from nemo_rlvr.weights.cuda import NcclWeightSender, weight_meta
+    from nemo_rlvr.weights.cuda import NcclWeightSender
+    from nemo_rlvr.weights.gloo import param_meta
 
     ray = ray_local
     gen = ray.remote(num_gpus=1)(VLLMGenerator).remote(model_dir, placement="split",
@@ -118,7 +119,7 @@ def test_split_nccl_sync(ray_local, model_dir):
         ray.get(gen.init_weight_update_group.remote("127.0.0.1", port, 1, 2))
         sender = fut.result()
     _perturb(model)
-    meta = weight_meta(model.named_parameters())
+    meta = param_meta(model.named_parameters())
     ref = gen.receive_weights.remote(meta)
     sent = sender.send(model.named_parameters())
     got = ray.get(ref)

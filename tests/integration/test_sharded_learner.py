@@ -141,26 +141,34 @@ def test_checkpoint_moves_between_world_sizes(ray_session, tiny_model_dir, tmp_p
     assert got3["train/grad_norm"] == pytest.approx(want3["train/grad_norm"], rel=1e-5)
 
 
-def test_hf_export_and_reference_of_a_sharded_model(ray_session, tiny_model_dir, tmp_path):
-    """A sharded learner with KL (its reference sharded too) exports the same HF files as the
-    unsharded learner after the same step."""
+@pytest.mark.parametrize("reference", ["model", "host_copy"])
+def test_hf_export_and_reference_of_a_sharded_model(ray_session, tiny_model_dir, tmp_path, reference):
+    """A sharded learner with KL (its reference a sharded model, or host copies of its shards that
+    the policy module takes in for the reference pass) exports the same HF files as the unsharded
+    learner after the same step, and scores the reference the same before and after the step."""
     from safetensors.torch import load_file
 
     cfg = learner_cfg()
-    batch = make_batch(4)
+    batch, later = make_batch(4), make_batch(5)
     one = PolicyWorker(tiny_model_dir, **kwargs(cfg, kl=0.1))
     ref_one = one.logprobs(batch)
     one.train(batch.with_(**ref_one))
+    ref_one_later = one.logprobs(later)   # policy moved, reference did not
     one.save_hf(str(tmp_path / "one"), tiny_model_dir)
-    two = sharded(ray_session, tiny_model_dir, cfg, kl=0.1)
+    two = sharded(ray_session, tiny_model_dir, learner_cfg(reference=reference), kl=0.1)
     try:
         ref_two = two.logprobs(batch)
         two.train(batch.with_(**ref_two))
+        ref_two_later = two.logprobs(later)
         two.save_hf(str(tmp_path / "two"), tiny_model_dir)
     finally:
         for w in two.workers:
             ray_session.kill(w)
     torch.testing.assert_close(ref_two["logp_ref"], ref_one["logp_ref"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(ref_two_later["logp_ref"], ref_one_later["logp_ref"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(ref_two_later["logp_old"], ref_one_later["logp_old"], rtol=0, atol=1e-4)
+    moved = (ref_one_later["logp_old"] - ref_one_later["logp_ref"]).abs().max()
+    assert moved > 1e-3, "the step did not move the policy: the reference check would prove nothing"
     files = lambda d: sorted(p.name for p in d.iterdir())  # noqa: E731
     assert files(tmp_path / "two") == files(tmp_path / "one")
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
@@ -171,3 +179,20 @@ def test_hf_export_and_reference_of_a_sharded_model(ray_session, tiny_model_dir,
     cfg_one = json.loads((tmp_path / "one" / "config.json").read_text())
     cfg_two = json.loads((tmp_path / "two" / "config.json").read_text())
     assert cfg_two["architectures"] == cfg_one["architectures"] == ["Qwen2ForCausalLM"]
+
+
+def test_host_copy_reference_equals_the_model_reference_in_one_process(tiny_model_dir):
+    """Unsharded: the host-copy reference gives the frozen start policy's log-probs, bit for bit the
+    separate reference model's, after the policy has moved; the policy's own weights come back."""
+    batch, later = make_batch(6), make_batch(7)
+    a = PolicyWorker(tiny_model_dir, **kwargs(learner_cfg(), kl=0.1))
+    b = PolicyWorker(tiny_model_dir, **kwargs(learner_cfg(reference="host_copy"), kl=0.1))
+    assert b.ref is None and len(b.ref_host) == len(list(b.model.parameters()))
+    for w in (a, b):
+        w.train(batch.with_(**w.logprobs(batch)))
+    before = b.param_checksum()
+    got, want = b.logprobs(later), a.logprobs(later)
+    torch.testing.assert_close(got["logp_ref"], want["logp_ref"], rtol=0, atol=0)
+    torch.testing.assert_close(got["logp_old"], want["logp_old"], rtol=0, atol=0)
+    assert b.param_checksum() == before                       # the policy's weights are back
+    assert (got["logp_old"] - got["logp_ref"]).abs().max() > 1e-3

@@ -10,7 +10,7 @@ import torch
 
 from nemo_rlvr.types import WeightBucket
 from nemo_rlvr.weights.buckets import bucket_nbytes, iter_bucket_tensors, pack_buckets
-from nemo_rlvr.weights.cuda import weight_meta
+from nemo_rlvr.weights.gloo import param_meta
 
 
 def _params():
@@ -80,8 +80,8 @@ def test_through_ray_object_store():
             ray.shutdown()
 
 
-def test_weight_meta_and_errors():
-    assert weight_meta(_params()[:2]) == [("a", "float32", [10, 10]), ("b", "float32", [25])]
+def test_param_meta_and_errors():
+    assert param_meta(_params()[:2]) == [("a", "float32", [10, 10]), ("b", "float32", [25])]
     with pytest.raises(ValueError, match="bucket_bytes"):
         pack_buckets(_params(), bucket_bytes=0)
     with pytest.raises(TypeError, match="int64"):
