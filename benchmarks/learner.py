@@ -25,6 +25,7 @@ import argparse
 import os
 import pathlib
 import random
+import statistics
 import sys
 import time
 
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=8192, help="learner.max_tokens_per_microbatch")
     ap.add_argument("--chunk", type=int, default=2048, help="learner.logprob_chunk_tokens (chunked rows)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="per GPU (H100/H200 bf16 dense)")
+    ap.add_argument("--reps", type=int, default=2, help="runs of each configuration, in alternating order")
     ap.add_argument("--one", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -124,18 +126,25 @@ def main() -> None:
     from benchmarks.weight_sync import model_dir
 
     model_dir(args.model)  # build / convert the folder once, before the ranks start
+    runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+    order = list(CONFIGS)
+    for rep in range(args.reps):  # alternate the order (A B C, C B A, ...): drift hits all alike
+        for name in order if rep % 2 == 0 else order[::-1]:
+            launch = [sys.executable] if args.ranks == 1 and args.device == "cpu" else \
+                [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.ranks}"]
+            cmd = [*launch, __file__, *sys.argv[1:], "--one", name]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if out.returncode or line is None:
+                sys.exit(f"{name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+            runs[name].append(json.loads(line.removeprefix("RESULT ")))
     rows = {}
-    for name in CONFIGS:
-        launch = [sys.executable] if args.ranks == 1 and args.device == "cpu" else \
-            [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.ranks}"]
-        cmd = [*launch, __file__, *sys.argv[1:], "--one", name]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if out.returncode or line is None:
-            sys.exit(f"{name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
-        rows[name] = json.loads(line.removeprefix("RESULT "))
+    for name, rs in runs.items():  # median tokens/s and peak over the reps
+        rows[name] = {**rs[0], "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+                      "peak_mib": statistics.median(r["peak_mib"] for r in rs)}
     first = next(iter(rows.values()))
-    print(f"learner benchmark: {args.model} ({first['params'] / 1e6:.1f}M params), {first['device']}, "
+    print(f"learner benchmark: {args.model} ({first['params'] / 1e6:.1f}M params), {first['device']}, median of "
+          f"{args.reps} alternating runs, "
           f"{args.ranks} rank(s), {args.dtype}, {args.samples} sequences = {first['tokens']} real tokens per "
           f"step ({first['padded']} padded), {args.budget} tokens per pass; peak = above the loaded model")
     cuda = args.device == "cuda"

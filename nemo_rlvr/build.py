@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import tempfile
 from collections.abc import Sequence
@@ -68,15 +69,32 @@ def make_workers(cfg: RunConfig, model_dir: str) -> tuple[GeneratorGroup, Learne
     start_ray(cfg.cluster, min_cpus=g.num_workers + cfg.learner.num_workers)
     place = place_workers(cfg.cluster, num_generators=g.num_workers, gen_tp=g.tensor_parallel_size,
                           num_learners=cfg.learner.num_workers)
-    threads = 0 if place.use_gpu else 1
+    gen_threads, learn_threads = phase_threads(cfg, use_gpu=place.use_gpu)
     gen_cls, learn_cls = ray.remote(GeneratorWorker), ray.remote(LearnerWorker)
-    gens = [gen_cls.options(**o).remote(g.backend, model_dir, num_threads=threads, **gen_kwargs)
+    gens = [gen_cls.options(**o).remote(g.backend, model_dir, num_threads=gen_threads, **gen_kwargs)
             for o in place.generator]
     world = len(place.learner)
-    learners = [learn_cls.options(**o).remote(model_dir, num_threads=threads, rank=r, world_size=world,
+    learners = [learn_cls.options(**o).remote(model_dir, num_threads=learn_threads, rank=r, world_size=world,
                                               **learner_kwargs)
                 for r, o in enumerate(place.learner)]
     return GeneratorGroup(gens), connect_weights(cfg, LearnerGroup(learners), gens, use_gpu=place.use_gpu)
+
+
+def phase_threads(cfg: RunConfig, *, use_gpu: bool) -> tuple[int, int]:
+    """Torch threads of each generator and each learner rank (0: leave as is, on GPUs).
+
+    On a CPU-only machine the synchronous loop runs one phase at a time: all generators
+    generate, then all learner ranks train. So each role gets all the cores, shared among the
+    actors that run together (cores // generators, cores // learner ranks), instead of one
+    thread per actor with the other cores idle in every phase."""
+    if use_gpu:
+        return 0, 0
+    cores = len(os.sched_getaffinity(0))  # this machine's cores (cluster.num_cpus may be logical)
+    gen = max(1, cores // cfg.generation.num_workers)
+    learn = max(1, cores // cfg.learner.num_workers)
+    log.info("cores follow the phases: %d generator(s) x %d torch thread(s), then %d learner rank(s) x %d",
+             cfg.generation.num_workers, gen, cfg.learner.num_workers, learn)
+    return gen, learn
 
 
 def connect_weights(cfg: RunConfig, learner: LearnerGroup, generators: list, *, use_gpu: bool) -> LearnerGroup:
