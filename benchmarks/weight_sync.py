@@ -32,6 +32,9 @@ Afterwards every transport proves it delivered: the learner's weights change (no
     (its CPU linear layers keep only a repacked copy, and a stale small tensor such as a k_proj
     bias barely moves the log-probs).
 A failed check is printed on that transport's line and the script exits non-zero.
+
+--write-results replaces this setting's block in benchmarks/RESULTS.md (one block per model and
+bucket size), whose first line names the machine and its load average at start and end.
 """
 
 from __future__ import annotations
@@ -391,7 +394,9 @@ def main() -> None:
     lines += [f"    {t.name:<{width}}  {t.check}" for t in transports]
     print("\n".join(lines))
     if args.write_results:
-        append_results("weight_sync" if args.model == "smollm2" else f"weight_sync_{args.model}", lines)
+        tag = "weight_sync" + ("" if args.model == "smollm2" else f"_{pathlib.Path(args.model).name}") \
+            + ("" if args.bucket_mb == 64 else f"_{args.bucket_mb:g}mib")  # one block per setting
+        append_results(tag, lines)
     if not all(t.ok for t in transports):
         sys.exit("a transport failed its check: " + ", ".join(t.name for t in transports if not t.ok))
 

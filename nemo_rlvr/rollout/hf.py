@@ -25,7 +25,7 @@ import torch
 
 from nemo_rlvr.types import Prompt, Sample, SamplingParams, WeightBucket
 from nemo_rlvr.weights.buckets import iter_bucket_tensors
-from nemo_rlvr.weights.gloo import join_group, receive_buckets
+from nemo_rlvr.weights.gloo import Scratch, join_group, receive_buckets
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ class HFGenerator:
         self._transfer_group = join_group(init_info["master_address"], init_info["master_port"],
                                           init_info["rank_offset"], init_info["world_size"])
         self._transfer_bucket_bytes = init_info["packed_buffer_size_bytes"]
+        self._scratch = Scratch()
 
     def start_weight_update(self) -> None:  # nothing to prepare: parameters are overwritten in place
         pass
@@ -146,7 +147,8 @@ class HFGenerator:
         """Receive one update (vLLM's `NCCLWeightTransferUpdateInfo` keys) straight into the parameters."""
         t0 = time.perf_counter()
         meta = list(zip(update_info["names"], update_info["dtype_names"], update_info["shapes"]))
-        self._copy_in(receive_buckets(self._transfer_group, meta, self._transfer_bucket_bytes))
+        # each tensor is copied into its parameter before the next bucket arrives: buffers reused
+        self._copy_in(receive_buckets(self._transfer_group, meta, self._transfer_bucket_bytes, self._scratch))
         return {"weight_sync/apply_s": time.perf_counter() - t0}
 
     def finish_weight_update(self) -> None:

@@ -45,15 +45,29 @@ def _meta_tensors(meta: Sequence[ParamMeta]) -> list[tuple[str, torch.Tensor]]:
     return [(n, torch.empty(s, dtype=getattr(torch, d), device="meta")) for n, d, s in meta]
 
 
+class Scratch(dict):
+    """One reusable flat buffer per dtype, as large as the largest bucket seen. A fresh buffer per
+    bucket per update costs page faults on every byte (allocations over 32 MiB are new memory
+    maps), which measured 2.5x slower for 64 MiB buckets than reusing one."""
+
+    def get_buffer(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        buf = self.get(dtype)
+        if buf is None or buf.numel() < numel:
+            buf = self[dtype] = torch.empty(numel, dtype=dtype)
+        return buf[:numel]
+
+
 def broadcast_buckets(group: torch.distributed.ProcessGroup | None, named_tensors: NamedTensors,
-                      bucket_bytes: int) -> int:
+                      bucket_bytes: int, scratch: Scratch | None = None) -> int:
     """Send every parameter (gathered one at a time when sharded) in buckets; returns bytes sent.
-    Every learner rank calls this in the same order; only rank 0 passes a group and sends."""
+    Every learner rank calls this in the same order; only rank 0 passes a group and sends. With
+    `scratch` the bucket buffers are reused across updates."""
     params = list(named_tensors)
     by_name = dict(params)
     sent = 0
+    scratch = Scratch() if scratch is None else scratch
     for plan in plan_buckets(params, bucket_bytes):
-        buf = torch.empty(plan.numel, dtype=plan.dtype)                              # [numel]
+        buf = scratch.get_buffer(plan.dtype, plan.numel)                             # [numel]
         for name, off, shape in zip(plan.names, plan.offsets, plan.shapes):
             full = materialize(by_name[name])                                        # a collective if sharded
             buf[off : off + full.numel()].copy_(full.reshape(-1))                    # D2H on a GPU learner
@@ -65,11 +79,13 @@ def broadcast_buckets(group: torch.distributed.ProcessGroup | None, named_tensor
 
 
 def receive_buckets(group: torch.distributed.ProcessGroup, meta: Sequence[ParamMeta], bucket_bytes: int,
-                    ) -> Iterator[tuple[str, torch.Tensor]]:
+                    scratch: Scratch | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """Receive what `broadcast_buckets` sends: (name, tensor) per parameter, bucket after bucket
-    (views into that bucket's buffer, valid until the next one arrives)."""
+    (views into that bucket's buffer). With `scratch` the buffers are reused, so a view is valid
+    only until the next bucket arrives: pass it only when each tensor is copied out at once."""
     for plan in plan_buckets(_meta_tensors(meta), bucket_bytes):
-        buf = torch.empty(plan.numel, dtype=plan.dtype)                              # [numel]
+        buf = torch.empty(plan.numel, dtype=plan.dtype) if scratch is None else \
+            scratch.get_buffer(plan.dtype, plan.numel)                               # [numel]
         group.broadcast(buf, 0).wait()
         for name, off, shape in zip(plan.names, plan.offsets, plan.shapes):
             yield name, buf[off : off + math.prod(shape)].view(shape)

@@ -20,14 +20,15 @@ Ray's object store (weights/buckets.py) until the NCCL and IPC engines are wired
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from nemo_rlvr.dispatch import call, resolve
-from nemo_rlvr.weights.gloo import ParamMeta, broadcast_buckets, join_group, param_meta
+from nemo_rlvr.weights.gloo import ParamMeta, Scratch, broadcast_buckets, join_group, param_meta
 
 BACKEND = "gloo"
 
@@ -60,6 +61,8 @@ class GlooTrainerInitInfo:
     packed_buffer_size_bytes: int
     """Bucket size: both sides cut the parameters into the same buckets from it."""
     rank: int
+    timeout_s: float = 300.0
+    """How long rank 0 waits for the generators to join and for each bucket to be taken."""
 
     @property
     def is_sender(self) -> bool:
@@ -83,8 +86,9 @@ class GeneratorClient:
     def start_weight_update(self) -> None:
         self._all("start_weight_update", lambda g: ())
 
-    def update_weights(self, update_info: dict[str, Any]) -> None:
-        self._all("update_weights", lambda g: (update_info,))
+    def update_weights(self, update_info: dict[str, Any]) -> list[Any]:
+        """Every replica's answer (HF and vLLM generators return their `weight_sync/apply_s`)."""
+        return self._all("update_weights", lambda g: (update_info,))
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         self._all("finish_weight_update", lambda g: ())
@@ -98,6 +102,7 @@ class GlooTrainer:
                  group: Any = None, bucket_bytes: int):
         self.client, self.source, self.is_sender = client, source, is_sender
         self.group, self.bucket_bytes = group, bucket_bytes
+        self.scratch = Scratch()  # bucket buffers reused across updates
 
     @classmethod
     def trainer_init(cls, init_info: GlooTrainerInitInfo, *, client: GeneratorClient | None,
@@ -110,7 +115,9 @@ class GlooTrainer:
                                      bucket_bytes=init_info.packed_buffer_size_bytes)
         with ThreadPoolExecutor(1) as pool:
             joined = pool.submit(client.init_weight_transfer_engine, worker_info)
-            group = join_group(init_info.master_address, init_info.master_port, 0, init_info.world_size)
+            with _surface(joined, "joining the weight-transfer group"):
+                group = join_group(init_info.master_address, init_info.master_port, 0, init_info.world_size,
+                                   timeout_s=init_info.timeout_s)
             joined.result()
         return cls(client=client, source=source, is_sender=True, group=group,
                    bucket_bytes=init_info.packed_buffer_size_bytes)
@@ -120,21 +127,39 @@ class GlooTrainer:
         t0 = time.perf_counter()
         params = list(self.source())
         if not self.is_sender:
-            broadcast_buckets(None, params, self.bucket_bytes)  # the gathers only
+            broadcast_buckets(None, params, self.bucket_bytes, self.scratch)  # the gathers only
             return {}
         update = update_info_dict(param_meta(params))
         self.client.start_weight_update()
         with ThreadPoolExecutor(1) as pool:
             received = pool.submit(self.client.update_weights, update)
-            nbytes = broadcast_buckets(self.group, params, self.bucket_bytes)
-            received.result()
+            with _surface(received, "receiving weights"):
+                nbytes = broadcast_buckets(self.group, params, self.bucket_bytes, self.scratch)
+            applied = received.result()
         self.client.finish_weight_update()
         dt = time.perf_counter() - t0
+        apply_s = max((a or {}).get("weight_sync/apply_s", 0.0) for a in applied) if applied else 0.0
         return {"weight_sync/bytes": float(nbytes), "weight_sync/seconds": dt,
-                "weight_sync/gb_per_s": nbytes / max(dt, 1e-9) / 1e9}
+                "weight_sync/gb_per_s": nbytes / max(dt, 1e-9) / 1e9, "weight_sync/apply_s": apply_s}
 
     def shutdown(self) -> None:
         self.group = None
+
+
+@contextlib.contextmanager
+def _surface(generators: Future, doing: str) -> Iterator[None]:
+    """If rank 0's side of a transfer fails (gloo times out when a generator never joins or never
+    receives), raise the generators' own error instead, when they had one: it says what broke."""
+    try:
+        yield
+    except Exception as e:
+        if generators.done() and generators.exception() is not None:
+            raise RuntimeError(
+                f"weight transfer failed while {doing}: a generator raised "
+                f"{type(generators.exception()).__name__}: {generators.exception()}. The transfer group "
+                f"is unusable now; stop the run and start it again (checkpoint.resume=auto continues "
+                f"from the newest checkpoint).") from e
+        raise
 
 
 def register_with_vllm() -> bool:

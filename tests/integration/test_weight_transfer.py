@@ -141,3 +141,35 @@ def test_gloo_transfer_lands_the_weights_in_an_hf_generator(tiny_model_dir):
     assert metrics["weight_sync/bytes"] == nbytes and metrics["weight_sync/gb_per_s"] > 0
     if calls:
         assert calls == ["init rank_offset=1"] + ["start", "update", "finish"] * 2
+
+
+class FailingGenerator:
+    """A real HF generator that joins the group, then fails on the update before receiving
+    anything (as an engine that ran out of memory would)."""
+
+    def __init__(self, generator):
+        self.gen = generator
+
+    def init_weight_transfer_engine(self, init_info):
+        self.gen.init_weight_transfer_engine(init_info)
+
+    def start_weight_update(self):
+        self.gen.start_weight_update()
+
+    def update_weights(self, update_info):
+        raise MemoryError("engine out of memory while loading")
+
+
+def test_a_generator_failing_an_update_gives_its_own_error(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from nemo_rlvr.rollout.hf import HFGenerator
+
+    source = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    target = FailingGenerator(HFGenerator(tiny_model_dir))
+    info = GlooTrainerInitInfo(master_address="127.0.0.1", master_port=free_port(), world_size=2,
+                               packed_buffer_size_bytes=64 * 1024, rank=0, timeout_s=3.0)
+    trainer = GlooTrainer.trainer_init(info, client=GeneratorClient([target]), source=source.named_parameters)
+    with pytest.raises(RuntimeError, match=r"a generator raised MemoryError: engine out of memory while "
+                                           r"loading\. The transfer group is unusable now"):
+        trainer.send_weights()
