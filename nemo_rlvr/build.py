@@ -86,9 +86,13 @@ def phase_threads(cfg: RunConfig, *, use_gpu: bool) -> tuple[int, int]:
     On a CPU-only machine the synchronous loop runs one phase at a time: all generators
     generate, then all learner ranks train. So each role gets all the cores, shared among the
     actors that run together (cores // generators, cores // learner ranks), instead of one
-    thread per actor with the other cores idle in every phase."""
+    thread per actor with the other cores idle in every phase. OMP_NUM_THREADS, when set, is the
+    threads of every process, as it is for torch itself."""
     if use_gpu:
         return 0, 0
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        omp = max(1, int(os.environ["OMP_NUM_THREADS"]))
+        return omp, omp
     cores = len(os.sched_getaffinity(0))  # this machine's cores (cluster.num_cpus may be logical)
     gen = max(1, cores // cfg.generation.num_workers)
     learn = max(1, cores // cfg.learner.num_workers)
