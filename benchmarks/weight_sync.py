@@ -98,17 +98,8 @@ def model_dir(name: str) -> str:
 
 
 def memcpy_gbps(nbytes: int = 1 << 30, reps: int = 5) -> float:
-    import numpy as np
-
-    src = np.ones(nbytes, dtype=np.uint8)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)  # fault the pages in
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        times.append(time.perf_counter() - t0)
-    return nbytes / statistics.median(times) / 1e9
+    """GB/s of one large plain copy (1 GiB by default)."""
+    return nbytes / copy_seconds(nbytes, reps) / 1e9
 
 
 CHECK_PROMPTS = ("12+34=", "The capital of France is", "def add(a, b):\n", "7 8 9 10")
