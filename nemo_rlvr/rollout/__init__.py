@@ -1,0 +1,1 @@
+"""Generation: the Generator protocol, the HF and vLLM backends, generator actors."""
