@@ -59,7 +59,7 @@ def collate(samples: Sequence[Sample], adv: Tensor, *, pad_id: int) -> TrainBatc
     return TrainBatch(input_ids, attn, loss_mask, logp_gen, adv.to(torch.float32))
 
 
-def _trim(mb: TrainBatch) -> TrainBatch:
+def trim(mb: TrainBatch) -> TrainBatch:
     """`mb` without the padding columns past its longest row."""
     width = int(mb.attention_mask.sum(1).max())                                   # longest row here
     return TrainBatch(
@@ -70,31 +70,37 @@ def _trim(mb: TrainBatch) -> TrainBatch:
     )
 
 
-def micro_batches_by_tokens(batch: TrainBatch, max_tokens: int, *, packed: bool) -> Iterator[TrainBatch]:
-    """Consecutive slices, each as many rows as fit `max_tokens`, trimmed of all-padding columns.
+def micro_batch_bounds(lengths: Sequence[int], max_tokens: int, *, packed: bool) -> list[tuple[int, int]]:
+    """[start, end) row ranges of consecutive slices, each as many rows as fit `max_tokens`.
 
     Cost of a slice: with `packed` the sum of its rows' real lengths (what a packed forward
     computes); without, rows x its longest row (padding is computed too). A row longer than the
-    budget alone gets a slice of its own: never dropped, never split. Rows keep their order, so
-    the slices' rows concatenated are `batch`'s rows.
+    budget alone gets a slice of its own: never dropped, never split. Rows keep their order.
 
     The number of slices depends on the lengths: under FSDP every rank must run the same number
-    of forward/backward passes, so the caller all-reduces the count (max) and makes up the
-    difference with zero-weight passes.
+    of forward/backward passes, so each rank computes every rank's count from the lengths
+    (cheap: no tensors) and makes up the difference with zero-weight passes.
     """
     if max_tokens <= 0:
         raise ValueError(f"max_tokens={max_tokens}: a micro-batch token budget must be positive, "
                          f"e.g. 16384 (the longest row always fits: it gets a micro-batch alone).")
-    lengths = batch.attention_mask.sum(1).tolist()                                # [N] real lengths
+    bounds: list[tuple[int, int]] = []
     start, total, longest = 0, 0, 0
     for i, n_tok in enumerate(lengths):
         total, longest = total + n_tok, max(longest, n_tok)
         cost = total if packed else (i - start + 1) * longest
         if cost > max_tokens and i > start:  # row i does not fit: close [start, i), row i opens the next
-            yield _trim(batch.select(slice(start, i)))
+            bounds.append((start, i))
             start, total, longest = i, n_tok, n_tok
     if start < len(lengths):
-        yield _trim(batch.select(slice(start, len(lengths))))
+        bounds.append((start, len(lengths)))
+    return bounds
+
+
+def micro_batches_by_tokens(batch: TrainBatch, max_tokens: int, *, packed: bool) -> Iterator[TrainBatch]:
+    """The slices of `micro_batch_bounds` over `batch`'s real lengths, trimmed of all-padding columns."""
+    for start, end in micro_batch_bounds(batch.attention_mask.sum(1).tolist(), max_tokens, packed=packed):
+        yield trim(batch.select(slice(start, end)))
 
 
 def shard_by_tokens(batch: TrainBatch, world: int) -> list[Tensor]:

@@ -6,7 +6,7 @@ FSDP2-sharded (learner/distributed.py) and every rank gets the whole batch and t
 own rows:
 
     batch [N rows] --minibatches_per_step--> mini-batch --shard_by_tokens--> this rank's rows
-        --micro_batches_by_tokens(max_tokens_per_microbatch, packed)--> forward/backward passes
+        --micro_batch_bounds(max_tokens_per_microbatch, packed)--> forward/backward passes
     (every rank runs as many passes as the busiest one: FSDP2's collectives run in lockstep,
      so a rank out of rows runs a pass with no loss tokens)
 
@@ -36,7 +36,7 @@ from nemo_rlvr.algorithms.losses import clipped_pg_loss, masked_mean, truncated_
 from nemo_rlvr.config import AlgorithmConfig, LearnerConfig
 from nemo_rlvr.learner.distributed import rank_and_world, reduce_metrics, shard_model
 from nemo_rlvr.learner.logprobs import register_forward, token_logprobs
-from nemo_rlvr.learner.packing import TrainBatch, micro_batches_by_tokens, shard_by_tokens
+from nemo_rlvr.learner.packing import TrainBatch, micro_batch_bounds, shard_by_tokens, trim
 from nemo_rlvr.learner.schedule import lr_multiplier
 from nemo_rlvr.types import WeightBucket
 from nemo_rlvr.weights.buckets import materialize, pack_buckets
@@ -117,19 +117,18 @@ class PolicyWorker:
         """(rows of `batch` in this pass or None, micro-batch) for this rank; every rank yields as
         many passes as the busiest rank, padding with a pass over row 0 with no loss tokens."""
         budget, packed = self.cfg.max_tokens_per_microbatch, self.cfg.sequence_packing
-        plans = []
-        for rows in shard_by_tokens(batch, self.world):
-            plan, start = [], 0
-            for mb in micro_batches_by_tokens(batch.select(rows), budget, packed=packed):
-                plan.append((rows[start:start + len(mb)], mb))
-                start += len(mb)
-            plans.append(plan)
-        mine = plans[self.rank]
-        yield from mine
-        if len(mine) < max(map(len, plans)):
-            first = next(micro_batches_by_tokens(batch.select(slice(0, 1)), budget, packed=packed))
+        lengths = batch.attention_mask.sum(1)                                        # [N] real lengths
+        shards = shard_by_tokens(batch, self.world)
+        bounds = [micro_batch_bounds(lengths[rows].tolist(), budget, packed=packed) for rows in shards]
+        mine = shards[self.rank]
+        for start, end in bounds[self.rank]:
+            rows = mine[start:end]
+            yield rows, trim(batch.select(rows))
+        missing = max(map(len, bounds)) - len(bounds[self.rank])
+        if missing:
+            first = trim(batch.select(slice(0, 1)))
             idle = first.with_(loss_mask=torch.zeros_like(first.loss_mask))
-            for _ in range(max(map(len, plans)) - len(mine)):
+            for _ in range(missing):
                 yield None, idle
 
     def _token_logp(self, model, mb: TrainBatch, *, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
