@@ -108,7 +108,7 @@ def connect_weights(cfg: RunConfig, learner: LearnerGroup, generators: list, *, 
     if mode == "auto":
         mode = "object_store" if use_gpu else "gloo"
     if mode == "gloo":
-        learner.init_weight_transfer(generators, int(cfg.generation.weight_sync_bucket_mb * 2**20))
+        learner.init_weight_transfer(generators, cfg.generation.weight_sync_bucket_bytes)
     log.info("weights reach the generators by %s", "the gloo weight-transfer group" if mode == "gloo"
              else "Ray's object store")
     return learner
@@ -160,7 +160,7 @@ def build_run(cfg: RunConfig) -> Components:
     ckpt = Checkpointer(cfg.checkpoint, run_dir=run_dir, learner=learner, loader=loader, state=state,
                         config_text=config_text, model_dir=model_dir)
     if point is not None:
-        bucket_bytes = int(cfg.generation.weight_sync_bucket_mb * 2**20)
+        bucket_bytes = cfg.generation.weight_sync_bucket_bytes
         line = ckpt.restore(point, generators=generators, bucket_bytes=bucket_bytes)
         print(line, flush=True)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

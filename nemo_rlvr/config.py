@@ -148,6 +148,11 @@ class GenerationConfig(_Cfg):
     kv_cache_gb: float = Field(1.0, gt=0)
     """vLLM on CPU: KV cache size, GiB."""
 
+    @property
+    def weight_sync_bucket_bytes(self) -> int:
+        """weight_sync_bucket_mb in bytes."""
+        return int(self.weight_sync_bucket_mb * 2**20)
+
 
 class AlgorithmConfig(_Cfg):
     name: Literal["grpo"] = "grpo"

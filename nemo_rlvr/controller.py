@@ -89,7 +89,8 @@ def validate(run: Components, step: int) -> dict[str, float]:
 def train(run: Components) -> RunState:
     cfg, st = run.cfg, run.state
     timer = Timer()
-    bucket_bytes = int(cfg.generation.weight_sync_bucket_mb * 2**20)
+    bucket_bytes = cfg.generation.weight_sync_bucket_bytes
+    colocated = cfg.cluster.placement == "colocated"  # generators share the learner's GPUs
     if st.step == 0 and cfg.validation.at_start:
         run.logger.write(0, validate(run, 0))
     if st.step >= cfg.train.steps:
@@ -101,7 +102,6 @@ def train(run: Components) -> RunState:
             with timer("generate"):
                 prompts = run.loader.next_batch(cfg.train.prompts_per_step)
                 samples = run.generators.generate(prompts, sampling_params(cfg, step=step))  # N = B*G
-            colocated = cfg.cluster.placement == "colocated"  # generators share the learner's GPUs
             if colocated:
                 run.generators.sleep()  # vLLM drops its KV cache, offloads weights (no-op on CPU)
             with timer("score"):

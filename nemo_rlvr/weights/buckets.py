@@ -91,6 +91,15 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def fill_bucket(buf: torch.Tensor, plan: BucketPlan, by_name: dict[str, torch.Tensor]) -> None:
+    """Copy the plan's parameters into the flat buffer `buf` (any device), gathering each sharded
+    one in turn (a collective: every rank fills in the same order) and dropping it before the next."""
+    for name, off in zip(plan.names, plan.offsets):
+        full = materialize(by_name[name])
+        buf[off : off + full.numel()].copy_(full.reshape(-1))                    # D2H from a GPU learner
+        del full
+
+
 def iter_buckets(named_tensors: NamedTensors, bucket_bytes: int) -> Iterator[WeightBucket]:
     """Yield CPU buckets whose `data` is a 1-D numpy array (bf16 travels as uint16 bits).
 
@@ -108,10 +117,7 @@ def iter_buckets(named_tensors: NamedTensors, bucket_bytes: int) -> Iterator[Wei
                             f"supported: {', '.join(map(str, _NUMPY_STORAGE))}.")
         data = np.empty(plan.numel, dtype=_NUMPY_STORAGE[plan.dtype])
         flat = torch.from_numpy(data).view(plan.dtype)                          # [numel]
-        for name, off, shape in zip(plan.names, plan.offsets, plan.shapes):
-            full = materialize(by_name[name])
-            flat[off : off + full.numel()].copy_(full.reshape(-1))               # D2H if on GPU
-            del full
+        fill_bucket(flat, plan, by_name)
         yield WeightBucket(names=plan.names, shapes=plan.shapes, offsets=plan.offsets,
                            dtype=dtype_name(plan.dtype), data=data)
 

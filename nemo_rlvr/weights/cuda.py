@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from nemo_rlvr.types import WeightBucket
-from nemo_rlvr.weights.buckets import NamedTensors, dtype_name, materialize, plan_buckets
+from nemo_rlvr.weights.buckets import NamedTensors, dtype_name, fill_bucket, materialize, plan_buckets
 
 # ---------------------------------------------------------------- GPU: colocated (CUDA IPC)
 
@@ -61,10 +61,7 @@ def pack_ipc_buckets(named_tensors: NamedTensors, bucket_bytes: int,
     buckets, buffers = [], []
     for plan in plan_buckets(params, bucket_bytes):
         buf = torch.empty(plan.numel, dtype=plan.dtype, device=f"cuda:{device}")     # [numel]
-        for name, off, shape in zip(plan.names, plan.offsets, plan.shapes):
-            full = materialize(by_name[name])
-            buf[off : off + full.numel()].copy_(full.reshape(-1))
-            del full
+        fill_bucket(buf, plan, by_name)
         _, args = reduce_tensor(buf.view(torch.uint8))  # vLLM's packed IPC reads bytes
         buffers.append(buf)
         buckets.append(WeightBucket(names=plan.names, shapes=plan.shapes, offsets=plan.offsets,

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
-from nemo_rlvr.weights.buckets import NamedTensors, materialize, plan_buckets
+from nemo_rlvr.weights.buckets import NamedTensors, fill_bucket, plan_buckets
 
 ParamMeta = tuple[str, str, list[int]]
 """(HF name, dtype name e.g. "float32", full shape): what the receiver allocates."""
@@ -68,10 +68,7 @@ def broadcast_buckets(group: torch.distributed.ProcessGroup | None, named_tensor
     scratch = Scratch() if scratch is None else scratch
     for plan in plan_buckets(params, bucket_bytes):
         buf = scratch.get_buffer(plan.dtype, plan.numel)                             # [numel]
-        for name, off, shape in zip(plan.names, plan.offsets, plan.shapes):
-            full = materialize(by_name[name])                                        # a collective if sharded
-            buf[off : off + full.numel()].copy_(full.reshape(-1))                    # D2H on a GPU learner
-            del full
+        fill_bucket(buf, plan, by_name)
         if group is not None:
             group.broadcast(buf, 0).wait()
         sent += buf.numel() * buf.element_size()
