@@ -10,7 +10,7 @@ from "the learner has new weights" to "the generator has them":
 
     object store -> vLLM   pack_buckets + ray.put per bucket + actor.load_weights(refs)
                            (the actor reads the buffers zero-copy, then reload_weights)
-    gloo -> vLLM           GlooTrainer.send_weights(): vLLM's weight-transfer handshake
+    gloo -> vLLM           WeightSender.send(): vLLM's weight-transfer handshake
                            (start / update while rank 0 broadcasts the buckets / finish) into
                            the gloo engine registered in the generator (weights/vllm_engine.py)
     gloo -> HF             the same handshake into the HF generator (copies into its parameters)
@@ -177,18 +177,18 @@ def gloo_sync(model, actor, bucket_bytes: int, nbytes: int):
     """Learner rank 0 in this process opens a gloo weight-transfer group with `actor` (as
     LearnerWorker.init_weight_transfer does); returns (sync, trainer, setup seconds)."""
     from nemo_rlvr.learner.distributed import rendezvous_address
-    from nemo_rlvr.weights.transfer import GeneratorClient, GlooTrainer, GlooTrainerInitInfo
+    from nemo_rlvr.weights.transfer import GeneratorClient, WeightSender, trainer_init_info
 
     t0 = time.perf_counter()
     address, port = rendezvous_address()
-    info = GlooTrainerInitInfo(master_address=address, master_port=port, world_size=2,
-                               packed_buffer_size_bytes=bucket_bytes, rank=0)
-    trainer = GlooTrainer.trainer_init(info, client=GeneratorClient([actor]), source=model.named_parameters)
+    info = trainer_init_info("gloo", rank=0, world_size=2, bucket_bytes=bucket_bytes, master_address=address,
+                             master_port=port)
+    trainer = WeightSender(info, client=GeneratorClient([actor]), module=model)
     setup_s = time.perf_counter() - t0
 
     def sync() -> tuple[float, dict[str, float]]:
         t0 = time.perf_counter()
-        metrics = trainer.send_weights()
+        metrics = trainer.send()
         dt = time.perf_counter() - t0
         if metrics.get("weight_sync/bytes") != nbytes:
             raise RuntimeError(f"gloo sync: sent {metrics.get('weight_sync/bytes')} bytes, "

@@ -52,16 +52,17 @@ def seed_everything(seed: int) -> None:
 
 def make_workers(cfg: RunConfig, model_dir: str) -> tuple[GeneratorGroup, LearnerGroup]:
     g, a = cfg.generation, cfg.algorithm
-    gen_kwargs = dict(dtype=cfg.model.dtype)
-    if g.backend == "vllm":
-        gen_kwargs.update(vllm_kwargs(cfg))
+    gen_kwargs: dict[str, Any] = dict(dtype=cfg.model.dtype)
     learner_kwargs = dict(learner=cfg.learner, algorithm=a, temperature=g.temperature,
                           total_steps=cfg.train.steps * cfg.learner.minibatches_per_step,
                           dtype=cfg.model.dtype, seed=cfg.seed)
     if cfg.cluster.mode == "local":
+        use_gpu = torch.cuda.is_available()
+        if g.backend == "vllm":
+            gen_kwargs.update(vllm_kwargs(cfg, use_gpu=use_gpu))
         gens = [GeneratorWorker(g.backend, model_dir, num_threads=0, **gen_kwargs)]
         learner = LearnerGroup([LearnerWorker(model_dir, num_threads=0, **learner_kwargs)])
-        return GeneratorGroup(gens), connect_weights(cfg, learner, gens, use_gpu=torch.cuda.is_available())
+        return GeneratorGroup(gens), connect_weights(cfg, learner, gens, use_gpu=use_gpu)
     import ray
 
     from nemo_rlvr.cluster import place_workers, start_ray
@@ -69,10 +70,19 @@ def make_workers(cfg: RunConfig, model_dir: str) -> tuple[GeneratorGroup, Learne
     start_ray(cfg.cluster, min_cpus=g.num_workers + cfg.learner.num_workers)
     place = place_workers(cfg.cluster, num_generators=g.num_workers, gen_tp=g.tensor_parallel_size,
                           num_learners=cfg.learner.num_workers)
+    if g.tensor_parallel_size > 1 and not place.use_gpu:
+        raise ConfigError(f"generation.tensor_parallel_size={g.tensor_parallel_size} needs GPUs and the Ray "
+                          f"cluster has none; on a CPU use 1 and scale with generation.num_workers")
+    if g.backend == "vllm":
+        gen_kwargs.update(vllm_kwargs(cfg, use_gpu=place.use_gpu))
     gen_threads, learn_threads = phase_threads(cfg, use_gpu=place.use_gpu)
     gen_cls, learn_cls = ray.remote(GeneratorWorker), ray.remote(LearnerWorker)
-    gens = [gen_cls.options(**o).remote(g.backend, model_dir, num_threads=gen_threads, **gen_kwargs)
-            for o in place.generator]
+    tp = {}
+    gens = []
+    for o, bundles in zip(place.generator, place.generator_bundles):
+        if g.tensor_parallel_size > 1:  # the engine's Ray executor takes these bundles of our group
+            tp = {"bundle_indices": bundles}
+        gens.append(gen_cls.options(**o).remote(g.backend, model_dir, num_threads=gen_threads, **gen_kwargs, **tp))
     world = len(place.learner)
     learners = [learn_cls.options(**o).remote(model_dir, num_threads=learn_threads, rank=r, world_size=world,
                                               **learner_kwargs)
@@ -101,24 +111,45 @@ def phase_threads(cfg: RunConfig, *, use_gpu: bool) -> tuple[int, int]:
     return gen, learn
 
 
+def transfer_backend(cfg: RunConfig, *, use_gpu: bool) -> str:
+    """generation.weight_transfer with auto resolved: gloo on a CPU-only cluster; on GPUs vLLM's
+    nccl (split) or ipc (colocated) engines, or the object store for an HF generator and for
+    cluster.mode=local (one process: CUDA IPC cannot map a buffer into its own process)."""
+    g = cfg.generation
+    if g.weight_transfer != "auto":
+        if use_gpu is False and g.weight_transfer in ("nccl", "ipc"):
+            raise ConfigError(f"generation.weight_transfer={g.weight_transfer} needs GPUs, and the Ray "
+                              f"cluster has none; use gloo (or auto)")
+        return g.weight_transfer
+    if not use_gpu:
+        return "gloo"
+    if g.backend != "vllm" or cfg.cluster.mode == "local":
+        return "object_store"
+    return "ipc" if cfg.cluster.placement == "colocated" else "nccl"
+
+
 def connect_weights(cfg: RunConfig, learner: LearnerGroup, generators: list, *, use_gpu: bool) -> LearnerGroup:
-    """Open the gloo weight-transfer group when generation.weight_transfer asks for it (auto: on a
-    CPU-only cluster); otherwise weights travel through the object store."""
-    mode = cfg.generation.weight_transfer
-    if mode == "auto":
-        mode = "object_store" if use_gpu else "gloo"
-    if mode == "gloo":
-        learner.init_weight_transfer(generators, cfg.generation.weight_sync_bucket_bytes)
-    log.info("weights reach the generators by %s", "the gloo weight-transfer group" if mode == "gloo"
-             else "Ray's object store")
+    """Build every learner rank's trainer engine and connect the generators (weights/transfer.py),
+    unless weights travel through the object store."""
+    backend = transfer_backend(cfg, use_gpu=use_gpu)
+    if backend != "object_store":
+        learner.init_weight_transfer(generators, cfg.generation.weight_sync_bucket_bytes, backend=backend,
+                                     ranks_per_replica=cfg.generation.tensor_parallel_size)
+    log.info("weights reach the generators by %s", "Ray's object store" if backend == "object_store"
+             else f"the {backend} weight-transfer engines")
     return learner
 
 
-def vllm_kwargs(cfg: RunConfig) -> dict:
+def vllm_kwargs(cfg: RunConfig, *, use_gpu: bool | None = None) -> dict:
+    """The VLLMGenerator arguments of the config; with `use_gpu` known, the weight-transfer engine
+    the generator builds (a GPU engine is made for one backend)."""
     g = cfg.generation
-    return dict(tensor_parallel_size=g.tensor_parallel_size, gpu_memory_utilization=g.gpu_memory_utilization,
-                kv_cache_gb=g.kv_cache_gb, seed=cfg.seed, placement=cfg.cluster.placement,
-                weight_transfer_buffer_mb=g.weight_sync_bucket_mb)
+    out = dict(tensor_parallel_size=g.tensor_parallel_size, gpu_memory_utilization=g.gpu_memory_utilization,
+               kv_cache_gb=g.kv_cache_gb, seed=cfg.seed, placement=cfg.cluster.placement)
+    if use_gpu:
+        backend = transfer_backend(cfg, use_gpu=True)
+        out["weight_transfer"] = None if backend == "object_store" else backend
+    return out
 
 
 def load_val_prompts(cfg: RunConfig, tok) -> list:

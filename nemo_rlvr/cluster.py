@@ -11,6 +11,8 @@ own; `colocated` puts one learner rank and one generator shard on each GPU (0.5 
 A colocated vLLM sleeps (KV cache dropped, weights offloaded) while the learner trains
 (controller.py). On a CPU-only cluster every actor gets
 one CPU bundle. GPU placement has not run on a GPU yet (tests use Ray's logical GPUs).
+A TP generator actor captures the group for its children: vLLM's Ray executor, started inside it,
+takes the bundles named by VLLM_RAY_BUNDLE_INDICES (rollout/vllm.py).
 """
 
 from __future__ import annotations
@@ -335,11 +337,14 @@ def place_workers(cfg: ClusterConfig, *, num_generators: int, gen_tp: int, num_l
     names = ", ".join(f"{i}={n.get('NodeManagerAddress', '?')}/{n['NodeID'][:8]}" for i, n in enumerate(alive))
     log.info("%s Nodes: %s.", plan.describe(), names)
 
-    def opts(idx: int, base: dict[str, float]) -> dict[str, Any]:
+    def opts(idx: int, base: dict[str, float], *, capture: bool = False) -> dict[str, Any]:
         return {**base, "scheduling_strategy": PlacementGroupSchedulingStrategy(
-            placement_group=pg, placement_group_bundle_index=idx)}
+            placement_group=pg, placement_group_bundle_index=idx, placement_group_capture_child_tasks=capture)}
 
-    return Placement([opts(b[0], plan.generator_resources) for b in plan.generator_bundles],
+    # A TP generator's engine starts vLLM's Ray executor from inside the actor: capturing child
+    # tasks makes `ray.util.get_current_placement_group()` there return this group
+    tp = plan.use_gpu and plan.gen_tp > 1
+    return Placement([opts(b[0], plan.generator_resources, capture=tp) for b in plan.generator_bundles],
                      [opts(i, plan.learner_resources) for i in plan.learner_bundles], plan.use_gpu,
                      placement_group=pg, generator_bundles=[list(b) for b in plan.generator_bundles],
                      learner_bundles=list(plan.learner_bundles), plan=plan)

@@ -121,8 +121,9 @@ class GenerationConfig(_Cfg):
     """Generator actors (data-parallel replicas); a step's prompts are split into contiguous chunks,
     one per actor. cluster.mode=local builds one."""
     tensor_parallel_size: int = Field(1, ge=1)
-    """Devices per generator (tensor parallelism); only 1 is supported today: tensor-parallel vLLM
-    generators are not built yet (issue #12). Scale generation with num_workers instead."""
+    """GPUs per generator replica (tensor parallelism, vLLM only): the replica's engine runs vLLM's
+    Ray executor on that many one-GPU bundles of the run's placement group, all on one node, and
+    every TP rank takes the weights. 1 on a CPU (scale with num_workers there)."""
     temperature: float = Field(1.0, ge=0)
     """Sampling temperature; log-probs are log_softmax(logits / temperature) everywhere."""
     top_p: float = Field(1.0, gt=0, le=1)
@@ -136,13 +137,16 @@ class GenerationConfig(_Cfg):
     weight_sync_bucket_mb: float = Field(64.0, gt=0)
     """Weight sync bucket size, MiB: after each step the learner packs its parameters into flat
     buffers of this size (one dtype each) and sends them as generation.weight_transfer says."""
-    weight_transfer: Literal["auto", "gloo", "object_store"] = "auto"
-    """How weights reach the generators. gloo: learner rank 0 broadcasts the buckets over a gloo
-    group of its own through vLLM's weight-transfer handshake (init / start / update / finish;
-    a vLLM generator receives in its registered gloo engine, an HF one in the same calls).
-    object_store: the buckets go through Ray's shared-memory object store and each generator
-    reloads them. auto: gloo on a CPU-only cluster; object_store when there are GPUs (the NCCL
-    and CUDA-IPC engines are not wired into training yet, issue #12)."""
+    weight_transfer: Literal["auto", "gloo", "nccl", "ipc", "object_store"] = "auto"
+    """How weights reach the generators; gloo, nccl and ipc all run vLLM's weight-transfer
+    handshake (init / start / update / finish), only the transport differs. gloo: learner rank 0
+    broadcasts buckets over a gloo group of its own (CPU; a vLLM or HF generator). nccl: vLLM's
+    NCCL engines, a packed broadcast from learner rank 0 to every replica and TP rank (GPU,
+    cluster.placement=split, backend vllm). ipc: vLLM's CUDA-IPC engines, the generator maps the
+    learner's GPU buffers (GPU, cluster.placement=colocated, backend vllm). object_store: buckets
+    through Ray's shared-memory object store, each generator reloads them (the only way for an HF
+    generator on a GPU). auto: gloo on a CPU-only cluster; on GPUs nccl (split) or ipc (colocated)
+    with vLLM, object_store with HF or with cluster.mode=local."""
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     """vLLM on GPU: share of the GPU's memory its engine may take (weights + KV cache)."""
     kv_cache_gb: float = Field(1.0, gt=0)
@@ -359,12 +363,23 @@ class RunConfig(_Cfg):
                 f"learner.num_workers={self.learner.num_workers} with cluster.mode=local: local mode runs "
                 f"one learner in this process. Use cluster.mode=ray for a sharded learner, or "
                 f"learner.num_workers=1")
-        if self.generation.tensor_parallel_size != 1:
+        g = self.generation
+        if g.tensor_parallel_size != 1 and g.backend != "vllm":
             raise ValueError(
-                f"generation.tensor_parallel_size={self.generation.tensor_parallel_size}: tensor-parallel "
-                f"generators are not built yet (issue #12); each generator runs on one device. Use "
-                f"generation.tensor_parallel_size=1 and more data-parallel generators "
-                f"(generation.num_workers) instead")
+                f"generation.tensor_parallel_size={g.tensor_parallel_size} needs generation.backend=vllm "
+                f"(the HF generator runs on one device); set generation.backend=vllm or "
+                f"generation.tensor_parallel_size=1")
+        if g.tensor_parallel_size != 1 and self.cluster.mode == "local":
+            raise ValueError(
+                f"generation.tensor_parallel_size={g.tensor_parallel_size} with cluster.mode=local: tensor-"
+                f"parallel generators run in Ray placement groups; use cluster.mode=ray")
+        if g.weight_transfer in ("nccl", "ipc"):
+            placement = "split" if g.weight_transfer == "nccl" else "colocated"
+            if g.backend != "vllm" or self.cluster.placement != placement or self.cluster.mode != "ray":
+                raise ValueError(
+                    f"generation.weight_transfer={g.weight_transfer} runs vLLM's own engines and needs "
+                    f"generation.backend=vllm, cluster.mode=ray and cluster.placement={placement} (got "
+                    f"{g.backend}, {self.cluster.mode}, {self.cluster.placement}); or leave it auto")
         n = self.train.prompts_per_step * self.algorithm.group_size
         if n % self.learner.minibatches_per_step:
             raise ValueError(

@@ -102,8 +102,9 @@ def train(run: Components) -> RunState:
             with timer("generate"):
                 prompts = run.loader.next_batch(cfg.train.prompts_per_step)
                 samples = run.generators.generate(prompts, sampling_params(cfg, step=step))  # N = B*G
-            if colocated:
-                run.generators.sleep()  # vLLM drops its KV cache, offloads weights (no-op on CPU)
+            if colocated:  # the learner's phases: vLLM drops its KV cache and offloads its weights
+                run.generators.sleep()
+                run.learner.reload_optimizer()  # (both no-ops on CPU)
             with timer("score"):
                 scores = run.scorer.score(samples)          # never raises; .metrics: verifier/*
             rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)        # [N]
@@ -116,10 +117,13 @@ def train(run: Components) -> RunState:
                     batch = batch.with_(**run.learner.logprobs(batch, **passes))            # logp_old, logp_ref
             with timer("train"):
                 train_metrics = run.learner.train(batch)
-            if colocated:
-                run.generators.wake()   # back on the GPU before it takes the new weights
+            if colocated:  # the generators' phase: optimizer state to host, vLLM's weights back
+                run.learner.offload_optimizer()
+                run.generators.wake(["weights"])   # then the new weights arrive, then the KV cache
             with timer("weight_sync"):
                 sync_metrics = run.learner.push_weights(run.generators, bucket_bytes)
+            if colocated:
+                run.generators.wake(["kv_cache"])
 
         mismatch = {} if batch.logp_old is None else logprob_mismatch(batch.logp_gen, batch.logp_old, batch.loss_mask)
         metrics = (rollout_metrics(samples, scores) | mismatch

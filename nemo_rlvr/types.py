@@ -79,7 +79,7 @@ class WeightBucket:
     """A contiguous flat buffer holding several parameters, for bucketed weight sync.
 
     `data` is a 1-D numpy array (numpy travels zero-copy through Ray's shared-memory object
-    store), a 1-D torch tensor, or a CUDA IPC export (`weights.cuda.IpcBuffer`);
+    store), or a 1-D torch tensor;
     `names/shapes/offsets` locate each parameter in it. Packing and reading: nemo_rlvr/weights/.
     """
 

@@ -2,10 +2,10 @@
 
     controller --batch--> LearnerGroup --the same batch (one object-store copy)--> rank 0 .. W-1
         each rank trains on its rows; FSDP2 reduces gradients; rank 0's metrics come back
-    LearnerGroup.sync_weights: rank 0 sends over its gloo weight-transfer group to every
-        generator through vLLM's handshake (weights/transfer.py); the other ranks join the gathers
-    LearnerWorker.publish_weights (GPU runs until #12, tests, benchmarks): every rank joins the
-        gathers, rank 0 packs buckets and `ray.put`s them; generators read them from shared memory.
+    LearnerGroup.push_weights: every rank's trainer engine sends (gloo / NCCL / CUDA IPC, through
+        vLLM's handshake, weights/transfer.py): rank 0 drives the generators, the others join the
+        gathers; or (HF generators on GPUs, tests, benchmarks) `publish_weights`: rank 0 packs
+        buckets and `ray.put`s them, the generators read them from shared memory.
 
 A group of W ranks forms its process group before the model loads: rank 0 names an address
 (its node IP and a free port), then every rank joins (`LearnerWorker.setup`). Every method
@@ -71,20 +71,26 @@ class LearnerWorker:
         buckets = self.policy.export_weights(bucket_bytes)  # every rank joins the gathers
         return put_all(buckets) if self.rank == 0 else []
 
-    def init_weight_transfer(self, generators: list[Any], master_address: str, master_port: int,
-                             bucket_bytes: int) -> None:
-        """Rank 0 opens the gloo weight-transfer group with every generator (weights/transfer.py);
-        the other ranks only take part in the gathers of each update."""
-        from nemo_rlvr.weights.transfer import GeneratorClient, GlooTrainer, GlooTrainerInitInfo
+    def init_weight_transfer(self, generators: list[Any], backend: str, master_address: str, master_port: int,
+                             bucket_bytes: int, ranks_per_replica: int = 1) -> None:
+        """Every rank builds its trainer engine for `backend` (weights/transfer.py); rank 0 holds the
+        client and connects every generator, the other ranks only join the gathers of each update."""
+        from nemo_rlvr.weights.transfer import GeneratorClient, WeightSender, trainer_init_info
 
-        info = GlooTrainerInitInfo(master_address=master_address, master_port=master_port,
-                                   world_size=1 + len(generators), packed_buffer_size_bytes=bucket_bytes,
-                                   rank=self.rank)
-        client = GeneratorClient(generators) if self.rank == 0 else None
-        self.sender = GlooTrainer.trainer_init(info, client=client, source=self.policy.model.named_parameters)
+        client = GeneratorClient(generators, ranks_per_replica=ranks_per_replica) if self.rank == 0 else None
+        info = trainer_init_info(backend, rank=self.rank, world_size=1 + len(generators) * ranks_per_replica,
+                                 bucket_bytes=bucket_bytes, master_address=master_address,
+                                 master_port=master_port)
+        self.sender = WeightSender(info, client=client, module=self.policy.model)
 
     def sync_weights(self) -> dict[str, float]:
-        return self.sender.send_weights()
+        return self.sender.send()
+
+    def offload_optimizer(self) -> None:
+        self.policy.offload_optimizer()
+
+    def reload_optimizer(self) -> None:
+        self.policy.reload_optimizer()
 
     def save(self, path: str) -> None:
         self.policy.save(path)
@@ -127,11 +133,20 @@ class LearnerGroup:
         """Bucket refs (or buckets, without Ray) for `GeneratorGroup.load_weights`."""
         return self._all("publish_weights", bucket_bytes)[0]
 
-    def init_weight_transfer(self, generators: list[Any], bucket_bytes: int) -> None:
-        """Connect the learner to the generators (Ray actors or local objects) for `sync_weights`."""
+    def init_weight_transfer(self, generators: list[Any], bucket_bytes: int, *, backend: str = "gloo",
+                             ranks_per_replica: int = 1) -> None:
+        """Connect the learner to the generators (Ray actors or local objects) for `push_weights`
+        over `backend` (gloo, nccl, ipc); `ranks_per_replica` is the generators' TP size."""
         address, port = resolve(call(self.workers[0], "rendezvous_address"))
-        self._all("init_weight_transfer", generators, address, port, bucket_bytes)
+        self._all("init_weight_transfer", generators, backend, address, port, bucket_bytes, ranks_per_replica)
         self.transfer = True
+
+    def offload_optimizer(self) -> None:
+        """Optimizer state to host memory (colocated GPUs, while the generators run)."""
+        self._all("offload_optimizer")
+
+    def reload_optimizer(self) -> None:
+        self._all("reload_optimizer")
 
     def push_weights(self, generators: Any, bucket_bytes: int) -> dict[str, float]:
         """Give every generator the current weights: through the weight-transfer group once

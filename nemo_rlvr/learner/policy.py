@@ -254,6 +254,22 @@ class PolicyWorker:
         acc["train/grad_norm"] = float(materialize(grad_norm))
         return acc
 
+    # ------------------------------------------------------------------ memory (colocated GPUs)
+
+    def offload_optimizer(self) -> int:
+        """Move the optimizer state (AdamW's two moments: twice the parameters' bytes) to host
+        memory, so a generator sharing this GPU has that memory while it generates; returns the
+        bytes moved (0 when the model is on the CPU: nothing to free). `reload_optimizer` brings it
+        back before the next update."""
+        if self.device.type == "cpu":
+            return 0
+        moved = move_optimizer_state(self.opt, torch.device("cpu"))
+        torch.cuda.empty_cache()
+        return moved
+
+    def reload_optimizer(self) -> int:
+        return 0 if self.device.type == "cpu" else move_optimizer_state(self.opt, self.device)
+
     # ------------------------------------------------------------------ weights and state
 
     def export_weights(self, bucket_bytes: int) -> list[WeightBucket]:
@@ -332,6 +348,23 @@ class PolicyWorker:
     def param_checksum(self) -> float:
         """Sum of all parameters in float64: a cheap fingerprint for tests (every rank calls it)."""
         return float(sum(materialize(p).double().sum() for p in self.model.parameters()))
+
+
+def move_optimizer_state(opt: torch.optim.Optimizer, device: torch.device) -> int:
+    """Every tensor of the optimizer's per-parameter state (sharded ones as DTensors) to `device`,
+    in place in `opt.state`; returns the bytes that changed device. AdamW's `step` counters live on
+    the CPU already and stay there."""
+    moved = 0
+
+    def there(t: Tensor) -> bool:  # "cuda" means the current device, as Tensor.to reads it
+        return t.device.type == device.type and device.index in (None, t.device.index)
+
+    for state in opt.state.values():
+        for key, value in state.items():
+            if isinstance(value, Tensor) and key != "step" and not there(value):
+                state[key] = value.to(device)
+                moved += value.numel() * value.element_size()
+    return moved
 
 
 def _local(p: Tensor) -> Tensor:

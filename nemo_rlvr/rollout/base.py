@@ -43,6 +43,7 @@ class Generator(Protocol):
         """Free accelerator memory (colocated mode); a no-op where unsupported."""
         ...
 
-    def wake(self) -> None:
-        """Take accelerator memory back before the next generate."""
+    def wake(self, tags: list[str] | None = None) -> None:
+        """Take accelerator memory back: tags ["weights"] before a weight update, ["kv_cache"]
+        before the next generate (vLLM's `wake_up` tags); None: all of it."""
         ...

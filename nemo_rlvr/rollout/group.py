@@ -1,6 +1,7 @@
 """Generator workers (Ray actors or local objects) behind one `Generator`-shaped group.
 
     controller --generate(prompts)--> GeneratorGroup --chunks--> worker 0 .. worker k-1
+    learner --weight-transfer calls (weights/transfer.py)--> GeneratorWorker --> backend engine
     learner --buckets (object store)--> GeneratorGroup.load_weights --one call each--> workers
 
 A worker builds its backend by name (`hf`, `vllm`), so the controller never imports
@@ -67,8 +68,8 @@ class GeneratorWorker:
     def sleep(self) -> None:
         self.backend.sleep()
 
-    def wake(self) -> None:
-        self.backend.wake()
+    def wake(self, tags: list[str] | None = None) -> None:
+        self.backend.wake(tags)
 
     def pid(self) -> int:
         return os.getpid()
@@ -101,6 +102,7 @@ class GeneratorGroup:
         for fut in [call(w, "sleep") for w in self.workers]:
             resolve(fut)
 
-    def wake(self) -> None:
-        for fut in [call(w, "wake") for w in self.workers]:
+    def wake(self, tags: list[str] | None = None) -> None:
+        """vLLM's `wake_up(tags)`: "weights" first (they can then be updated), "kv_cache" last; None: both."""
+        for fut in [call(w, "wake", tags) for w in self.workers]:
             resolve(fut)

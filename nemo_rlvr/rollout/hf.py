@@ -157,7 +157,7 @@ class HFGenerator:
     def sleep(self) -> None:  # HF keeps its weights resident; nothing to free
         pass
 
-    def wake(self) -> None:
+    def wake(self, tags: list[str] | None = None) -> None:
         pass
 
 

@@ -13,25 +13,25 @@ in fp32, the learner's definition (greedy: T = 1). With top_p < 1, vLLM reports 
 log-prob under the truncated distribution while the learner cannot: keep top_p = 1
 for exact on-policy numerics.
 
-Weights, then the prefix cache is reset (cached KV was computed with the old weights):
-  CPU training          -> vLLM's weight-transfer calls (init_weight_transfer_engine /
-                           start_weight_update / update_weights / finish_weight_update) into
-                           the gloo engine registered for this process (weights/vllm_engine.py);
-                           the learner drives them (weights/transfer.py)
-  buckets (load_weights)-> the worker's `reload_weights(weights_iterator=...,
-                           is_checkpoint_format=True)`; GPU training uses this path today, and
-                           on CPU the tied lm_head's packed copy is rebuilt afterwards (vLLM CPU
-                           bug, shared/notes/vllm-cpu.md)
-  CUDA IPC buckets      -> vLLM's "ipc" weight transfer (colocated placement)
-  NCCL (receive_weights)-> vLLM's "nccl" weight transfer (split placement)
-The IPC and NCCL receive sides follow vLLM 0.32's weight-transfer API and only tests/gpu calls
-them (skipped without CUDA; wiring them into training is #12).
+Weights arrive through vLLM's weight-transfer calls (init_weight_transfer_engine /
+start_weight_update / update_weights / finish_weight_update), driven by the learner's trainer
+engine (weights/transfer.py), into the engine `weight_transfer` names: "gloo" on the CPU
+(registered in this process by weights/vllm_engine.py), vLLM's "nccl" (split GPUs) or "ipc"
+(colocated GPUs). The prefix cache is reset after each update (its KV was computed with the old
+weights). `load_weights` takes buckets instead (Ray's object store; cluster.mode=local on a GPU,
+tests, benchmarks): the worker's `reload_weights(weights_iterator=..., is_checkpoint_format=True)`,
+and on CPU the tied lm_head's packed copy is rebuilt afterwards (vLLM CPU bug,
+shared/notes/vllm-cpu.md).
+
+Tensor parallelism (GPU): with tensor_parallel_size > 1 the engine uses vLLM's Ray executor
+inside the run's placement group (the actor is scheduled there with
+`placement_group_capture_child_tasks`), on the bundles `bundle_indices` names
+(VLLM_RAY_BUNDLE_INDICES): one GPU each, consecutive on one node (cluster.py plans them).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -40,8 +40,6 @@ from typing import Any, Literal
 
 from nemo_rlvr.types import Prompt, Sample, SamplingParams, WeightBucket
 from nemo_rlvr.weights.buckets import bucket_nbytes, iter_bucket_tensors
-from nemo_rlvr.weights.cuda import IPC_INIT_INFO, IpcBuffer, ipc_update_info
-from nemo_rlvr.weights.transfer import init_info_dict, update_info_dict
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +82,7 @@ class VLLMGenerator:
     """vLLM engine over a local Hugging Face folder; the Generator protocol plus weight-sync hooks.
 
     Construct it inside the Ray actor that owns the device: on CPU with `num_cpus >= 1`, on
-    GPU with `num_gpus=1`. `tensor_parallel_size > 1` is handed to vLLM's own executor on a
-    GPU, but training refuses it at config time until the placement for it exists (#12).
+    GPU with `num_gpus=1` (TP = 1) or inside the placement group that holds its shards' bundles.
     The engine is built in __init__ (seconds on CPU, a minute on a large GPU model).
     """
 
@@ -93,12 +90,13 @@ class VLLMGenerator:
                  placement: Placement = "split", kv_cache_gb: float = 1.0,
                  gpu_memory_utilization: float = 0.5, max_model_len: int | None = None,
                  seed: int = 0, enable_prefix_caching: bool = True,
-                 weight_transfer_buffer_mb: float = 64.0, device: Literal["auto", "cpu", "cuda"] = "auto"):
+                 device: Literal["auto", "cpu", "cuda"] = "auto",
+                 weight_transfer: Literal["gloo", "nccl", "ipc"] | None = None,
+                 bundle_indices: Sequence[int] | None = None):
         import torch
 
         self.on_gpu = torch.cuda.is_available() if device == "auto" else device == "cuda"
         self.placement = placement
-        self.weight_transfer_buffer_bytes = int(weight_transfer_buffer_mb * 2**20)
         if max_model_len is None:
             max_model_len = default_max_model_len(model_path)
         kwargs: dict[str, Any] = dict(
@@ -109,17 +107,30 @@ class VLLMGenerator:
         if self.on_gpu:
             from vllm.config import WeightTransferConfig
 
+            backend = weight_transfer or ("ipc" if placement == "colocated" else "nccl")
+            if backend == "gloo":
+                from nemo_rlvr.weights.vllm_engine import register
+
+                register()
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization,
                           enable_sleep_mode=placement == "colocated",
-                          weight_transfer_config=WeightTransferConfig(
-                              backend="ipc" if placement == "colocated" else "nccl"))
+                          weight_transfer_config=WeightTransferConfig(backend=backend))
             if tensor_parallel_size == 1:
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
                 kwargs["distributed_executor_backend"] = "uni"
+            else:  # vLLM's Ray executor, on our placement group's bundles for this replica
+                if bundle_indices is not None:
+                    if len(bundle_indices) != tensor_parallel_size:
+                        raise ValueError(f"bundle_indices {list(bundle_indices)} must name "
+                                         f"tensor_parallel_size={tensor_parallel_size} bundles")
+                    os.environ["VLLM_RAY_BUNDLE_INDICES"] = ",".join(map(str, bundle_indices))
+                kwargs["distributed_executor_backend"] = "ray"
         else:
             if tensor_parallel_size != 1:
                 raise ValueError(f"generation.tensor_parallel_size={tensor_parallel_size}: vLLM on CPU "
                                  "runs one worker per engine here; use 1 and more generation.num_workers.")
+            if weight_transfer not in (None, "gloo"):
+                raise ValueError(f"weight_transfer={weight_transfer!r} needs CUDA; on the CPU use gloo")
             # In-process engine: ~3 s to start, weights reachable without RPC. vLLM reads
             # these when the engine is built; VLLM_CPU_KVCACHE_SPACE (legacy, whole GiB)
             # overrides kv_cache_memory_bytes if the user set it.
@@ -136,8 +147,6 @@ class VLLMGenerator:
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self._tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
-        if self.on_gpu and placement == "colocated":
-            self.llm.init_weight_transfer_engine({"init_info": IPC_INIT_INFO})
         log.info("vLLM engine for %s ready in %.1f s (%s, %s)", model_path, time.perf_counter() - t0,
                  "cuda" if self.on_gpu else "cpu", placement)
 
@@ -176,7 +185,7 @@ class VLLMGenerator:
     # ------------------------------------------------------------------ weights
 
     def load_weights(self, buckets: Sequence[WeightBucket]) -> dict[str, float]:
-        """Replace the weights from buckets (numpy/CPU tensors, or CUDA IPC handles).
+        """Replace the weights from buckets (numpy/CPU tensors; the object-store path).
 
         Items may also be Ray ObjectRefs of buckets (a list of refs is not resolved by
         Ray itself); their numpy buffers are then read zero-copy from the object store.
@@ -184,16 +193,7 @@ class VLLMGenerator:
         t0 = time.perf_counter()
         buckets = _resolve_refs(buckets)
         nbytes = sum(bucket_nbytes(b) for b in buckets)
-        if any(isinstance(b.data, IpcBuffer) for b in buckets):
-            if not (self.on_gpu and self.placement == "colocated"):
-                raise RuntimeError("CUDA IPC weight buckets need a GPU generator with "
-                                   "cluster.placement=colocated.")
-            self.llm.start_weight_update()
-            for b in buckets:
-                self.llm.update_weights({"update_info": ipc_update_info(b)})
-            self.llm.finish_weight_update()
-        else:
-            self._reload(iter_bucket_tensors(buckets))
+        self._reload(iter_bucket_tensors(buckets))
         self.llm.reset_prefix_cache()
         dt = time.perf_counter() - t0
         return {"timing/weight_sync": dt, "weight_sync/apply_s": dt, "weight_sync/bytes": float(nbytes)}
@@ -203,7 +203,8 @@ class VLLMGenerator:
         driver = getattr(executor, "driver_worker", None)
         if driver is None:
             raise RuntimeError("weight buffers can be loaded only into an in-process engine "
-                               "(tensor_parallel_size=1); with TP > 1 use IPC or NCCL weight sync.")
+                               "(tensor_parallel_size=1); with TP > 1 weights go through "
+                               "generation.weight_transfer=nccl or ipc.")
         worker = driver.worker
         worker.reload_weights(weights_iterator=named_tensors, is_checkpoint_format=True)
         if not self.on_gpu and self._tied:
@@ -231,36 +232,15 @@ class VLLMGenerator:
         self.llm.finish_weight_update()
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
 
-    def init_weight_update_group(self, master_address: str, master_port: int, rank_offset: int,
-                                 world_size: int, num_buffers: int = 2) -> None:
-        """Join the learner's NCCL group (split placement, GPU); blocks until every rank joins."""
-        if not self.on_gpu:
-            raise RuntimeError("NCCL weight sync needs CUDA; on CPU generators load numpy buckets.")
-        self.llm.init_weight_transfer_engine({"init_info": init_info_dict(
-            master_address=master_address, master_port=master_port, world_size=world_size,
-            bucket_bytes=self.weight_transfer_buffer_bytes, rank_offset=rank_offset, num_buffers=num_buffers)})
-
-    def receive_weights(self, meta: Sequence[tuple[str, str, list[int]]]) -> dict[str, float]:
-        """Receive one update broadcast by `NcclWeightSender.send` (run both concurrently)."""
-        import torch
-
-        t0 = time.perf_counter()
-        self.llm.start_weight_update()
-        self.llm.update_weights({"update_info": update_info_dict(meta)})
-        self.llm.finish_weight_update()
-        self.llm.reset_prefix_cache()
-        nbytes = sum(math.prod(s) * torch.empty((), dtype=getattr(torch, d)).element_size()
-                     for _, d, s in meta)
-        dt = time.perf_counter() - t0
-        return {"timing/weight_sync": dt, "weight_sync/apply_s": dt, "weight_sync/bytes": float(nbytes)}
-
     # ------------------------------------------------------------------ memory
 
     def sleep(self) -> None:
-        """Colocated GPU: offload weights to host, drop the KV cache. CPU: nothing to free."""
+        """Colocated GPU: offload weights to host, drop the KV cache (level 1). CPU: nothing to free."""
         if self.on_gpu and self.placement == "colocated":
             self.llm.sleep(level=1)
 
-    def wake(self) -> None:
+    def wake(self, tags: list[str] | None = None) -> None:
+        """vLLM's `wake_up(tags)`: ["weights"] before a weight update (the KV cache stays free while
+        the weights are written), ["kv_cache"] before generating; None: both."""
         if self.on_gpu and self.placement == "colocated":
-            self.llm.wake_up()
+            self.llm.wake_up(tags=tags)

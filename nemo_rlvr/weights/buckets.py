@@ -9,7 +9,7 @@ One format for every transport (`types.WeightBucket`: names, shapes, element off
 dtype, one flat buffer). Parameters keep their Hugging Face names end to end; the
 generator maps them onto its own layout (vLLM fuses q/k/v, gate/up). Training today
 sends CPU buckets through Ray's object store (learner/group.py, rollout/group.py); the
-CUDA IPC and NCCL packers for GPUs are in weights/cuda.py.
+GPU transports are vLLM's own trainer engines (weights/transfer.py).
 
 A parameter that is a DTensor (an FSDP2-sharded model) is gathered one at a time inside
 the bucket being filled (`materialize`: `DTensor.full_tensor()`, a collective every rank

@@ -29,8 +29,22 @@ class Probe:
         # the raw names of the actor's resources carry its bundle: CPU_group_<index>_<pg id>
         raw = ray._private.worker.global_worker.core_worker.resource_ids()
         bundles = {int(m[1]) for r in raw if (m := re.fullmatch(r"(?:CPU|GPU)_group_(\d+)_\w+", r))}
+        current = ray.util.get_current_placement_group()  # what vLLM's Ray executor reads
         return {"node": ctx.get_node_id(), "pg": ctx.get_placement_group_id(), "bundles": bundles,
-                "gpus": ctx.get_accelerator_ids().get("GPU", [])}
+                "gpus": ctx.get_accelerator_ids().get("GPU", []),
+                "current_pg": None if current is None else current.id.hex()}
+
+    def child_on_bundle(self, index: int) -> dict:
+        """A one-GPU actor on bundle `index` of the current group, as vLLM's executor starts its TP
+        workers (VLLM_RAY_BUNDLE_INDICES); where it landed."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        child = Probe.options(num_cpus=0, num_gpus=1, scheduling_strategy=PlacementGroupSchedulingStrategy(
+            placement_group=ray.util.get_current_placement_group(), placement_group_bundle_index=index)).remote()
+        try:
+            return ray.get(child.where.remote(), timeout=60)
+        finally:
+            ray.kill(child)
 
 
 @pytest.fixture
@@ -87,6 +101,13 @@ def test_one_node_split_colocated_and_no_fit(fresh_ray, monkeypatch):
     where = check_bundles(place)
     gens, learners = check_actors(place, where)
     assert all(g["gpus"] == [] for g in gens)                   # TP>1: the engine's workers take the GPUs
+    assert all(g["current_pg"] == place.placement_group.id.hex() for g in gens)  # captured for the executor
+    for shards in place.generator_bundles:  # each TP shard's worker gets its bundle's GPU
+        actor = Probe.options(**place.generator[place.generator_bundles.index(shards)]).remote()
+        workers = [ray.get(actor.child_on_bundle.remote(b), timeout=90) for b in shards]
+        ray.kill(actor)
+        assert [w["bundles"] for w in workers] == [{b} for b in shards] and all(len(w["gpus"]) == 1 for w in workers)
+        assert len({w["gpus"][0] for w in workers}) == len(shards) and {w["node"] for w in workers} == {where[shards[0]]}
     assert len({x for got in learners for x in got["gpus"]}) == 4  # one GPU each, none shared
     remove_placement_group(place.placement_group)
 

@@ -12,14 +12,14 @@ import socket
 import pytest
 import torch
 
-from nemo_rlvr.types import WeightBucket
-from nemo_rlvr.weights.cuda import IPC_INIT_INFO, IpcBuffer, ipc_update_info
 from nemo_rlvr.weights.gloo import param_meta
 from nemo_rlvr.weights.transfer import (
     GeneratorClient,
     GlooTrainer,
     GlooTrainerInitInfo,
+    WeightSender,
     init_info_dict,
+    trainer_init_info,
     update_info_dict,
 )
 
@@ -62,13 +62,26 @@ class CheckedGenerator:
         self.gen.finish_weight_update()
 
 
+class Recorder:
+    """A generator replica that keeps what the client sends it (the client's fan-out is the unit)."""
+
+    def __init__(self):
+        self.init = None
+
+    def init_weight_transfer_engine(self, init_info):
+        self.init = init_info
+
+
 @needs_vllm
 def test_our_dicts_parse_as_vllms_info_classes_for_every_backend():
-    from vllm.distributed.weight_transfer.ipc_engine import (
-        IPCWeightTransferInitInfo,
-        IPCWeightTransferUpdateInfo,
-    )
+    """gloo: our dicts; nccl and ipc: the worker init payloads vLLM's own trainer engines send,
+    after our client fanned them out to 2 replicas of TP 2. Each parses with vLLM's class."""
+    from dataclasses import asdict
+
+    from vllm.distributed.weight_transfer.ipc_engine import IPCWeightTransferInitInfo
+    from vllm.distributed.weight_transfer.nccl_common import worker_init_payload
     from vllm.distributed.weight_transfer.nccl_engine import (
+        NCCLTrainerInitInfo,
         NCCLWeightTransferInitInfo,
         NCCLWeightTransferUpdateInfo,
     )
@@ -84,13 +97,31 @@ def test_our_dicts_parse_as_vllms_info_classes_for_every_backend():
     assert (upd.names, upd.dtype_names, upd.shapes) == (["a.weight", "b"], ["float32", "bfloat16"], [[3, 2], [4]])
     assert GlooWeightTransferEngine.init_info_cls is NCCLWeightTransferInitInfo
     assert GlooWeightTransferEngine.update_info_cls is NCCLWeightTransferUpdateInfo
-    assert IPCWeightTransferInitInfo(**IPC_INIT_INFO).packed is True
-    bucket = WeightBucket(names=("a.weight", "c"), shapes=((3, 2), (5,)), offsets=(0, 6), dtype="float32",
-                          data=IpcBuffer({"GPU-uuid": ("rebuild args",)}))
-    ipc = IPCWeightTransferUpdateInfo(**ipc_update_info(bucket))
-    assert ipc.tensor_sizes == [24, 20] and ipc.ipc_handles == {"GPU-uuid": ("rebuild args",)}
     with pytest.raises(TypeError):  # the classes do check: a missing rank_offset is refused
         NCCLWeightTransferInitInfo(**{k: v for k, v in init.items() if k != "rank_offset"})
+
+    # nccl: vLLM's trainer engine sends rank_offset 1 to all; the client gives replica g of TP 2
+    # ranks 1 + 2g, 2 + 2g (vLLM adds the engine's TP rank) in a group of 1 + 2 x 2 = 5
+    info = trainer_init_info("nccl", rank=0, world_size=5, bucket_bytes=1 << 20, master_address="10.0.0.1",
+                             master_port=29500)
+    assert isinstance(info, NCCLTrainerInitInfo) and info.is_sender and info.backend == "nccl"
+    sent = worker_init_payload(NCCLWeightTransferInitInfo(
+        master_address=info.master_address, master_port=info.master_port, rank_offset=1,
+        world_size=info.world_size, packed=info.packed, packed_buffer_size_bytes=info.packed_buffer_size_bytes,
+        packed_num_buffers=info.packed_num_buffers))
+    replicas = [Recorder(), Recorder()]
+    client = GeneratorClient(replicas, ranks_per_replica=2)
+    client.init_weight_transfer_engine(sent)
+    got = [NCCLWeightTransferInitInfo(**r.init) for r in replicas]
+    assert [(g.rank_offset, g.world_size) for g in got] == [(1, 5), (3, 5)]
+    assert all(g.packed and g.packed_buffer_size_bytes == 1 << 20 for g in got)
+
+    # ipc: no ranks; vLLM's IPC trainer sends {"packed": ...}, which reaches every replica as is
+    info = trainer_init_info("ipc", rank=1, world_size=5, bucket_bytes=1 << 20)
+    assert info.backend == "ipc" and not info.is_sender and info.packed
+    client.init_weight_transfer_engine({"packed": info.packed})
+    assert [IPCWeightTransferInitInfo(**r.init).packed for r in replicas] == [True, True]
+    assert "rank_offset" not in asdict(IPCWeightTransferInitInfo(**replicas[0].init))
 
 
 @needs_vllm
@@ -113,6 +144,9 @@ def test_vllm_factories_resolve_the_gloo_engines():
                                packed_buffer_size_bytes=64, rank=1)  # rank 1: no rendezvous
     trainer = WeightTransferTrainerFactory.trainer_init(info, client=None, source=lambda: [])
     assert isinstance(trainer, GlooTrainer) and not trainer.is_sender
+    # and vLLM's own trainer engines for the GPU backends, under the names our config uses
+    for backend in ("nccl", "ipc"):
+        assert WeightTransferTrainerFactory._registry[backend]().__module__.endswith(f"{backend}_engine")
 
 
 def test_gloo_transfer_lands_the_weights_in_an_hf_generator(tiny_model_dir):
@@ -129,16 +163,17 @@ def test_gloo_transfer_lands_the_weights_in_an_hf_generator(tiny_model_dir):
     gen = HFGenerator(tiny_model_dir)
     calls: list[str] = []
     target = CheckedGenerator(gen, calls) if importlib.util.find_spec("vllm") else gen
-    info = GlooTrainerInitInfo(master_address="127.0.0.1", master_port=free_port(), world_size=2,
-                               packed_buffer_size_bytes=64 * 1024, rank=0)  # several buckets
-    trainer = GlooTrainer.trainer_init(info, client=GeneratorClient([target]), source=source.named_parameters)
+    info = trainer_init_info("gloo", rank=0, world_size=2, bucket_bytes=64 * 1024,  # several buckets
+                             master_address="127.0.0.1", master_port=free_port())
+    sender = WeightSender(info, client=GeneratorClient([target]), module=source)  # through vLLM's factory
     for _ in range(2):  # a second update through the same group
-        metrics = trainer.send_weights()
+        metrics = sender.send()
     want = dict(source.named_parameters())
     for name, p in gen.model.named_parameters():
         torch.testing.assert_close(p, want[name], rtol=0, atol=0, msg=name)
     nbytes = sum(p.numel() * 4 for p in source.parameters())
     assert metrics["weight_sync/bytes"] == nbytes and metrics["weight_sync/gb_per_s"] > 0
+    assert 0 < metrics["weight_sync/apply_s"] <= metrics["weight_sync/seconds"]
     if calls:
         assert calls == ["init rank_offset=1"] + ["start", "update", "finish"] * 2
 

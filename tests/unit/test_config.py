@@ -55,7 +55,13 @@ def test_cross_field_check_names_fix():
 
 
 @pytest.mark.parametrize("overrides, needle", [
-    (["generation.tensor_parallel_size=2"], "generation.tensor_parallel_size=2: tensor-parallel generators are not built yet"),
+    (["generation.tensor_parallel_size=2"], "generation.tensor_parallel_size=2 needs generation.backend=vllm"),
+    (["generation.tensor_parallel_size=2", "generation.backend=vllm", "cluster.mode=local"],
+     "tensor-parallel generators run in Ray placement groups; use cluster.mode=ray"),
+    (["generation.weight_transfer=ipc", "generation.backend=vllm"],  # the recipe's placement is split
+     "needs generation.backend=vllm, cluster.mode=ray and cluster.placement=colocated (got vllm, ray, split)"),
+    (["generation.weight_transfer=nccl"], "needs generation.backend=vllm, cluster.mode=ray and "
+                                          "cluster.placement=split (got hf, ray, split)"),
     (["learner.num_workers=2", "cluster.mode=local"], "learner.num_workers=2 with cluster.mode=local"),
 ])
 def test_unsupported_combinations_are_refused_at_load(overrides, needle):
@@ -64,6 +70,12 @@ def test_unsupported_combinations_are_refused_at_load(overrides, needle):
     msg = str(e.value)
     assert needle in msg
     assert "{" not in msg, "the whole config tree leaked into the message"
+
+
+def test_tensor_parallel_vllm_loads():
+    cfg = load_config(DEFAULT_RECIPE, ["generation.tensor_parallel_size=2", "generation.backend=vllm",
+                                       "generation.weight_transfer=nccl"])
+    assert (cfg.generation.tensor_parallel_size, cfg.generation.weight_transfer) == (2, "nccl")
 
 
 def test_sharded_learner_loads():
