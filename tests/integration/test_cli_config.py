@@ -16,7 +16,7 @@ from nemo_rlvr.config import REPO_ROOT
     (["train", "learner.lrr=1"], "unknown key 'learner.lrr'"),
     (["train", "train.steps=x"], "train.steps='x'"),
     (["train", "missing_recipe.yaml"], "does not exist"),
-    (["train", "--print-config", "generation.tensor_parallel_size=2"], "tensor_parallel_size=2: tensor-parallel"),
+    (["train", "--print-config", "generation.tensor_parallel_size=2"], "tensor_parallel_size=2 needs generation.backend=vllm"),
 ])
 def test_cli_bad_config_exits_2_without_traceback(args, needle):
     res = subprocess.run([sys.executable, "-m", "nemo_rlvr.cli", *args], capture_output=True, text=True,
