@@ -158,32 +158,121 @@ class GenerationConfig(_Cfg):
         return int(self.weight_sync_bucket_mb * 2**20)
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "grpo": dict(advantage="grpo", loss="ppo_clip", clip_low=0.2, clip_high=0.2, kl_coef=0.0, kl_in_reward=False,
+                 aggregation="token_mean", dynamic_sampling=False, overlong_buffer_len=0, whiten_advantages=False),
+}
+PRESETS |= {
+    # DAPO (Yu et al. 2025, arXiv:2503.14476): clip-higher, dynamic sampling, token-level loss, soft
+    # overlong penalty (its buffer: a quarter of generation.max_new_tokens, "quarter" below), no KL
+    "dapo": PRESETS["grpo"] | dict(clip_high=0.28, dynamic_sampling=True, overlong_buffer_len="quarter"),
+    # Dr.GRPO (Liu et al. 2025, arXiv:2503.20783): no std division, no per-sequence length normalisation
+    "dr_grpo": PRESETS["grpo"] | dict(advantage="dr_grpo", aggregation="seq_mean_token_sum"),
+    # GSPO (Zheng et al. 2025, arXiv:2507.18071): sequence-level ratio, the paper's clip range
+    "gspo": PRESETS["grpo"] | dict(loss="gspo", clip_low=3e-4, clip_high=4e-4, aggregation="seq_mean_token_mean"),
+    # CISPO (MiniMax-M1, arXiv:2506.13585): clipped stop-gradient IS weight; no lower bound
+    "cispo": PRESETS["grpo"] | dict(loss="cispo", clip_low=1.0, clip_high=0.28),
+    # RLOO (Ahmadian et al. 2024, arXiv:2402.14740): leave-one-out baseline
+    "rloo": PRESETS["grpo"] | dict(advantage="rloo"),
+    # REINFORCE++ (Hu 2025, arXiv:2501.03262): token-level KL in the reward, batch-normalised returns
+    "reinforce_pp": PRESETS["grpo"] | dict(advantage="reinforce_pp", kl_coef=0.01, kl_in_reward=True),
+    # PPO (Schulman et al. 2017, arXiv:1707.06347) with a critic and GAE, KL in the reward, whitening
+    "ppo": PRESETS["grpo"] | dict(advantage="gae", kl_coef=0.01, kl_in_reward=True, whiten_advantages=True),
+}
+"""What each `algorithm.name` sets: every key here that the config leaves unset (None) takes the
+preset's value; a key set in the recipe or on the command line wins."""
+
+
 class AlgorithmConfig(_Cfg):
-    name: Literal["grpo"] = "grpo"
-    """The RL algorithm; only grpo (group-relative advantages, clipped policy gradient) is built.
-    RLOO and Dr.GRPO are grpo with `baseline` and `normalize_std` set."""
+    name: Literal["grpo", "dapo", "dr_grpo", "gspo", "cispo", "rloo", "reinforce_pp", "ppo"] = "grpo"
+    """Preset: sets advantage, loss, clip_low, clip_high, kl_coef, kl_in_reward, aggregation,
+    dynamic_sampling, overlong_buffer_len and whiten_advantages where they are left null; each can
+    still be set key by key (README "Algorithms"; `--print-config` shows the expanded values)."""
+    advantage: Literal["grpo", "rloo", "dr_grpo", "reinforce_pp", "gae"] | None = None
+    """Advantage estimator (algorithms/advantages.py): grpo (group mean / std), rloo
+    (leave-one-out), dr_grpo (group mean, no std), reinforce_pp (return-to-go normalised over the
+    batch), gae (a critic's values, gamma / lam); null: the preset's."""
+    loss: Literal["ppo_clip", "gspo", "cispo"] | None = None
+    """Policy loss (algorithms/losses.py): ppo_clip (token ratio clipped, clip-higher, dual-clip
+    with clip_c), gspo (sequence ratio, clipped per sequence), cispo (clipped stop-gradient IS
+    weight times the log-prob); null: the preset's."""
     group_size: int = Field(8, ge=2)
     """Samples per prompt (G); the baseline is computed within each group."""
     baseline: Literal["mean", "loo"] = "mean"
-    """Advantage baseline. mean: the group's mean reward; loo: the mean of the other G-1
-    samples' rewards (RLOO)."""
+    """grpo advantage baseline. mean: the group's mean reward; loo: the mean of the other G-1
+    samples' rewards."""
     normalize_std: bool = True
-    """Divide advantages by the group's reward std (GRPO); RLOO and Dr.GRPO turn this off."""
-    clip_low: float = Field(0.2, ge=0, le=1)
-    """PPO ratio lower clip: ratio >= 1 - clip_low."""
-    clip_high: float = Field(0.2, ge=0)
-    """PPO ratio upper clip: ratio <= 1 + clip_high (clip-higher: > clip_low, DAPO)."""
-    kl_coef: float = Field(0.0, ge=0)
-    """Weight of the KL penalty against the frozen reference; 0 disables the reference."""
+    """grpo advantage: divide by the group's reward std (rloo and dr_grpo never do)."""
+    clip_low: float | None = Field(None, ge=0, le=1)
+    """Ratio lower clip: ratio >= 1 - clip_low (gspo: of the sequence ratio); null: the preset's."""
+    clip_high: float | None = Field(None, ge=0)
+    """Ratio upper clip: ratio <= 1 + clip_high (clip-higher: > clip_low, DAPO); null: the preset's."""
+    clip_c: float | None = Field(None, gt=1)
+    """Dual-clip PPO (ppo_clip only): for a negative advantage the token's loss is at most
+    -clip_c * A, so a huge ratio cannot blow it up (Ye et al. 2020, arXiv:1912.09729); null: off."""
+    kl_coef: float | None = Field(None, ge=0)
+    """Weight of the KL to the frozen reference; 0 disables the reference; null: the preset's."""
+    kl_in_reward: bool | None = None
+    """Where the KL goes: true subtracts kl_coef * (log pi - log ref) from every token's reward
+    (reinforce_pp, ppo); false adds kl_coef * KL to the loss (kl_estimator); null: the preset's."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    """Per-token estimate of KL(policy || reference) with r = ref/policy: k1 = -log r (unbiased,
-    can be negative); k2 = (log r)^2 / 2 (low variance, biased); k3 = r - log r - 1 (unbiased,
-    never negative). Used only with kl_coef > 0."""
-    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = "token_mean"
+    """Per-token estimate of KL(policy || reference) in the loss, with r = ref/policy: k1 = -log r
+    (unbiased, can be negative); k2 = (log r)^2 / 2 (low variance, biased); k3 = r - log r - 1
+    (unbiased, never negative). Used only with kl_coef > 0 and kl_in_reward false."""
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] | None = None
     """token_mean: every response token weighs the same; seq_mean_token_mean: mean per
-    sequence, then over sequences; seq_mean_token_sum: sum per sequence, mean over them."""
+    sequence, then over sequences; seq_mean_token_sum: sum per sequence, mean over them (gspo:
+    always per sequence); null: the preset's."""
+    entropy_coef: float = Field(0.0, ge=0)
+    """Entropy bonus: the loss minus entropy_coef x the policy's entropy (same aggregation)."""
     tis_cap: float | None = Field(None, gt=0)
     """Truncated importance sampling: weight tokens by min(pi_learner/pi_gen, cap); None: off."""
+    whiten_advantages: bool | None = None
+    """Normalise the advantages to mean 0, std 1 over the batch's response tokens; null: the preset's."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """Discount of reinforce_pp's returns and of gae."""
+    lam: float = Field(0.95, ge=0, le=1)
+    """GAE's lambda (advantage=gae)."""
+    dynamic_sampling: bool | None = None
+    """DAPO dynamic sampling: drop groups whose rewards are all equal (no signal) and generate more
+    prompts until train.prompts_per_step informative groups are in the batch; null: the preset's."""
+    max_resample_rounds: int = Field(4, ge=1)
+    """Dynamic sampling: most generation rounds per step; a step still short after them trains on
+    the informative groups it has (rollout/dynamic_sampling_short = 1)."""
+    overlong_buffer_len: int | Literal["quarter"] | None = None
+    """DAPO soft overlong penalty: a response longer than max_len - buffer gets a reward penalty
+    rising linearly to -1 at max_len (max_len: algorithm.overlong_max_len); 0: off; "quarter":
+    generation.max_new_tokens // 4; null: the preset's."""
+    overlong_max_len: int | None = Field(None, ge=1)
+    """The soft overlong penalty's max length, tokens; null: generation.max_new_tokens."""
+    overlong_filter: bool = False
+    """Mask the loss of truncated responses (finish_reason "length") out of the update (DAPO's
+    overlong filtering)."""
+    value_clip: float | None = Field(0.2, gt=0)
+    """PPO critic: clip the new value to old +- value_clip in the value loss; null: no clipping."""
+    critic_lr: float = Field(1e-4, gt=0)
+    """PPO critic (advantage=gae): AdamW learning rate of the value model."""
+    critic_warmup_steps: int = Field(0, ge=0)
+    """PPO critic: RL steps at the start that train only the critic (the policy is not updated)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        """Fill the keys left null from `PRESETS[name]` ("quarter" without a run config: a quarter
+        of generation.max_new_tokens' default)."""
+        if not isinstance(data, dict):
+            return data
+        preset = PRESETS.get(data.get("name", "grpo"))
+        if preset is None:
+            return data  # an unknown name: the field validation says so
+        data = {**data, **{k: v for k, v in preset.items() if data.get(k) is None}}
+        if data.get("overlong_buffer_len") == "quarter":
+            data["overlong_buffer_len"] = max(1, GenerationConfig.model_fields["max_new_tokens"].default // 4)
+        return data
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.advantage == "gae"
 
 
 class LearnerConfig(_Cfg):
@@ -356,6 +445,26 @@ class RunConfig(_Cfg):
     train: TrainConfig = TrainConfig()
     """Length and batch size of the run."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _overlong_quarter(cls, data: Any) -> Any:
+        """Resolve overlong_buffer_len "quarter" (the dapo preset's) from generation.max_new_tokens;
+        AlgorithmConfig fills the other preset keys itself."""
+        if not isinstance(data, dict):
+            return data
+        alg = data.get("algorithm") or {}
+        if isinstance(alg, BaseModel) or not isinstance(alg, dict):
+            return data
+        buffer = alg.get("overlong_buffer_len")
+        if buffer is None:
+            buffer = PRESETS.get(alg.get("name", "grpo"), {}).get("overlong_buffer_len")
+        if buffer != "quarter":
+            return data
+        gen = data.get("generation") or {}
+        gen = gen.model_dump() if isinstance(gen, BaseModel) else gen
+        max_new = gen.get("max_new_tokens", GenerationConfig.model_fields["max_new_tokens"].default)
+        return {**data, "algorithm": {**alg, "overlong_buffer_len": max(1, int(max_new) // 4)}}
+
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         if self.learner.num_workers > 1 and self.cluster.mode == "local":
@@ -380,6 +489,22 @@ class RunConfig(_Cfg):
                     f"generation.weight_transfer={g.weight_transfer} runs vLLM's own engines and needs "
                     f"generation.backend=vllm, cluster.mode=ray and cluster.placement={placement} (got "
                     f"{g.backend}, {self.cluster.mode}, {self.cluster.placement}); or leave it auto")
+        a = self.algorithm
+        if a.loss == "gspo" and a.tis_cap is not None:
+            raise ValueError(f"algorithm.tis_cap={a.tis_cap} with algorithm.loss=gspo: gspo weighs whole "
+                             f"sequences and takes no per-token IS weights; set algorithm.tis_cap=null")
+        if a.clip_c is not None and a.loss != "ppo_clip":
+            raise ValueError(f"algorithm.clip_c={a.clip_c} is dual-clip PPO and needs algorithm.loss=ppo_clip "
+                             f"(got {a.loss}); set algorithm.clip_c=null")
+        if a.uses_critic and self.learner.num_workers > 1:
+            raise ValueError(f"algorithm.advantage=gae (PPO's critic) with learner.num_workers="
+                             f"{self.learner.num_workers}: the critic runs beside learner rank 0 and is not "
+                             f"sharded; use learner.num_workers=1")
+        max_len = a.overlong_max_len or self.generation.max_new_tokens
+        if a.overlong_buffer_len and a.overlong_buffer_len > max_len:
+            raise ValueError(f"algorithm.overlong_buffer_len={a.overlong_buffer_len} is longer than the "
+                             f"penalty's max length {max_len} (algorithm.overlong_max_len, else "
+                             f"generation.max_new_tokens); lower it")
         n = self.train.prompts_per_step * self.algorithm.group_size
         if n % self.learner.minibatches_per_step:
             raise ValueError(

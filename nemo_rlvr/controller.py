@@ -3,7 +3,12 @@
     loader ──prompts──▶ generators (Ray actors) ──samples──▶ scorer (verifier pool)
        ▲                      ▲                                   │ scores
        │                      │ weights (gloo group / object store)▼
-    checkpointer ◀── state ── learner (Ray actor) ◀── batch ── advantages (pure)
+    checkpointer ◀── state ── learner (Ray actor) ◀── batch ── advantages (pure, by name)
+
+The algorithm is configuration (config.py PRESETS): the advantage estimator and the loss come from
+the registries in algorithms/ by name; DAPO's dynamic sampling repeats generate + score until the
+batch has enough informative groups (`rollout`); PPO's critic gives values before the advantages
+and trains on their returns beside the policy.
 
 With cluster.placement=colocated the generators sleep from scoring to the weight sync (vLLM frees
 its KV cache and offloads its weights on a GPU; a no-op on the CPU) and wake before it.
@@ -20,13 +25,14 @@ from typing import Any
 
 import torch
 
-from nemo_rlvr.algorithms.advantages import group_stats, grpo_advantages
+from nemo_rlvr.algorithms.advantages import compute_advantages, group_stats
+from nemo_rlvr.algorithms.dapo import DynamicSampler, overlong_penalty
 from nemo_rlvr.config import RunConfig
 from nemo_rlvr.evaluate import evaluate
 from nemo_rlvr.learner.packing import collate
 from nemo_rlvr.logging import Timer
 from nemo_rlvr.metrics import logprob_mismatch, rollout_metrics
-from nemo_rlvr.types import Prompt, SamplingParams
+from nemo_rlvr.types import Prompt, Sample, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +70,90 @@ class Components:
     state: RunState
 
 
-def sampling_params(cfg: RunConfig, *, step: int) -> SamplingParams:
+def sampling_params(cfg: RunConfig, *, step: int, round: int = 0) -> SamplingParams:
+    """A step's sampling; dynamic sampling's later rounds (round > 0) draw with other seeds."""
     g = cfg.generation
     return SamplingParams(n=cfg.algorithm.group_size, temperature=g.temperature, top_p=g.top_p,
-                          max_new_tokens=g.max_new_tokens, stop=g.stop, seed=cfg.seed * 100_003 + step)
+                          max_new_tokens=g.max_new_tokens, stop=g.stop,
+                          seed=cfg.seed * 100_003 + step + round * 1_000_003)
 
 
 def extra_forwards(cfg: RunConfig) -> dict[str, bool]:
-    """The no-grad forwards a step needs before training: the policy's log-probs only when the
-    batch is split into several optimizer steps (on-policy, one step reuses the training forward),
-    the reference's only when KL is on. {} when none is."""
-    need = {"policy": cfg.learner.minibatches_per_step > 1, "reference": cfg.algorithm.kl_coef > 0}
+    """The no-grad forwards a step needs before training: the policy's log-probs when the batch is
+    split into several optimizer steps (on-policy, one step reuses the training forward) or when
+    the KL goes into the reward (it needs them before the advantages), the reference's only when
+    KL is on. {} when none is."""
+    a = cfg.algorithm
+    kl_reward = bool(a.kl_in_reward) and a.kl_coef > 0
+    need = {"policy": cfg.learner.minibatches_per_step > 1 or kl_reward, "reference": a.kl_coef > 0}
     return need if any(need.values()) else {}
+
+
+def shaped_rewards(cfg: RunConfig, samples: list[Sample], scores: list) -> torch.Tensor:
+    """The verifier's rewards plus DAPO's soft overlong penalty when algorithm.overlong_buffer_len > 0. [N]"""
+    a = cfg.algorithm
+    rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)                    # [N]
+    if a.overlong_buffer_len:
+        lengths = torch.tensor([len(s.response_ids) for s in samples])                         # [N]
+        rewards = rewards + overlong_penalty(lengths, max_len=a.overlong_max_len or cfg.generation.max_new_tokens,
+                                             buffer_len=a.overlong_buffer_len)
+    return rewards
+
+
+def without_truncated(batch, samples: list[Sample]):
+    """The batch with the loss mask of every truncated response (finish_reason "length") cleared:
+    DAPO's overlong filtering. They still count in their group's advantage baseline."""
+    cut = torch.tensor([s.finish_reason == "length" for s in samples])                          # [N]
+    return batch.with_(loss_mask=batch.loss_mask & ~cut[:, None])
+
+
+def rollout(run: Components, step: int, timer: Timer) -> tuple[list[Sample], list, torch.Tensor, torch.Tensor,
+                                                                  dict[str, float]]:
+    """Generate and score a step's samples: (samples, scores, rewards [N], group ids [N], metrics).
+
+    With algorithm.dynamic_sampling (DAPO), groups whose rewards are all equal are dropped and
+    more prompts are generated until train.prompts_per_step informative groups are in hand, for
+    at most algorithm.max_resample_rounds rounds (algorithms/dapo.py decides)."""
+    cfg, a = run.cfg, run.cfg.algorithm
+    sampler = DynamicSampler(cfg.train.prompts_per_step, a.max_resample_rounds) if a.dynamic_sampling else None
+    kept_samples, kept_scores, kept_rewards, verifier = [], [], [], {}
+    need, rnd = cfg.train.prompts_per_step, 0
+    while True:
+        with timer("generate"):
+            prompts = run.loader.next_batch(need)
+            samples = run.generators.generate(prompts, sampling_params(cfg, step=step, round=rnd))  # B*G
+        with timer("score"):
+            scores = run.scorer.score(samples)          # never raises; .metrics: verifier/*
+        for k, v in scores.metrics.items():
+            verifier[k] = verifier.get(k, 0.0) + v      # counters of every round
+        rewards = shaped_rewards(cfg, samples, scores)                                         # [B*G]
+        groups = torch.tensor([s.group_id for s in samples])                                   # [B*G]
+        if sampler is None:
+            return samples, scores, rewards, groups, verifier
+        kept_samples += samples
+        kept_scores += list(scores)
+        kept_rewards.append(rewards)
+        decision = sampler.add(rewards, groups)
+        if decision.done:
+            break
+        need, rnd = decision.missing_groups, rnd + 1
+    idx = sampler.kept_indices()                                                               # [K]
+    rewards = torch.cat(kept_rewards)[idx]                                                     # [K]
+    return ([kept_samples[i] for i in idx.tolist()], [kept_scores[i] for i in idx.tolist()], rewards,
+            sampler.kept_group_ids(), verifier | sampler.metrics())
+
+
+def advantages(cfg: RunConfig, batch, rewards: torch.Tensor, groups: torch.Tensor,
+               values: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """algorithm.advantage from the registry (algorithms/advantages.py): [N, L-1] advantages on the
+    batch's loss mask, and the critic's targets (gae) or None."""
+    a = cfg.algorithm
+    group_kw = dict(baseline=a.baseline, normalize_std=a.normalize_std) if a.advantage == "grpo" else {}
+    kl_reward = a.kl_coef if a.kl_in_reward else 0.0
+    return compute_advantages(a.advantage, rewards=rewards, group_ids=groups, mask=batch.loss_mask,
+                              values=values, logp=batch.logp_old if kl_reward else None,
+                              logp_ref=batch.logp_ref if kl_reward else None, gamma=a.gamma, lam=a.lam,
+                              kl_coef=kl_reward, whiten_advantages=bool(a.whiten_advantages), **group_kw)
 
 
 def validate(run: Components, step: int) -> dict[str, float]:
@@ -87,7 +165,7 @@ def validate(run: Components, step: int) -> dict[str, float]:
 
 
 def train(run: Components) -> RunState:
-    cfg, st = run.cfg, run.state
+    cfg, st, alg = run.cfg, run.state, run.cfg.algorithm
     timer = Timer()
     bucket_bytes = cfg.generation.weight_sync_bucket_bytes
     colocated = cfg.cluster.placement == "colocated"  # generators share the learner's GPUs
@@ -99,24 +177,29 @@ def train(run: Components) -> RunState:
 
     for step in range(st.step + 1, cfg.train.steps + 1):
         with timer("step"):
-            with timer("generate"):
-                prompts = run.loader.next_batch(cfg.train.prompts_per_step)
-                samples = run.generators.generate(prompts, sampling_params(cfg, step=step))  # N = B*G
+            samples, scores, rewards, groups, verifier = rollout(run, step, timer)              # N = B*G
             if colocated:  # the learner's phases: vLLM drops its KV cache and offloads its weights
                 run.generators.sleep()
                 run.learner.reload_optimizer()  # (both no-ops on CPU)
-            with timer("score"):
-                scores = run.scorer.score(samples)          # never raises; .metrics: verifier/*
-            rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)        # [N]
-            groups = torch.tensor([s.group_id for s in samples])                            # [N]
-            adv = grpo_advantages(rewards, groups, baseline=cfg.algorithm.baseline,
-                                  normalize_std=cfg.algorithm.normalize_std)                # [N]
-            batch = collate(samples, adv, pad_id=run.pad_id)
+            batch = collate(samples, torch.zeros(len(samples)), pad_id=run.pad_id)
+            if alg.overlong_filter:  # DAPO: truncated responses leave the update
+                batch = without_truncated(batch, samples)
             if passes := extra_forwards(cfg):  # else train's own forward gives logp_old
                 with timer("logprobs"):
                     batch = batch.with_(**run.learner.logprobs(batch, **passes))            # logp_old, logp_ref
-            with timer("train"):
-                train_metrics = run.learner.train(batch)
+            values = None
+            if alg.uses_critic:
+                with timer("values"):
+                    values = run.learner.values(batch)                                      # [N, L-1]
+            adv, returns = advantages(cfg, batch, rewards, groups, values)                  # [N, L-1]
+            batch = batch.with_(adv=adv)
+            train_metrics = {}
+            if alg.uses_critic:
+                with timer("critic"):
+                    train_metrics |= run.learner.train_critic(batch, returns, values)
+            if step > (alg.critic_warmup_steps if alg.uses_critic else 0):
+                with timer("train"):
+                    train_metrics |= run.learner.train(batch)
             if colocated:  # the generators' phase: optimizer state to host, vLLM's weights back
                 run.learner.offload_optimizer()
                 run.generators.wake(["weights"])   # then the new weights arrive, then the KV cache
@@ -128,7 +211,8 @@ def train(run: Components) -> RunState:
         mismatch = {} if batch.logp_old is None else logprob_mismatch(batch.logp_gen, batch.logp_old, batch.loss_mask)
         metrics = (rollout_metrics(samples, scores) | mismatch
                    | {k: float(v) for k, v in group_stats(rewards, groups).items()}
-                   | train_metrics | sync_metrics | scores.metrics | timer.flush())
+                   | ({"train/shaped_reward_mean": float(rewards.mean())} if alg.overlong_buffer_len else {})
+                   | train_metrics | sync_metrics | verifier | timer.flush())
         metrics |= throughput(metrics, samples, batch, gen_devices=cfg.generation.num_workers
                               * cfg.generation.tensor_parallel_size, train_devices=cfg.learner.num_workers)
         st.step, st.consumed_samples = step, st.consumed_samples + len(samples)
@@ -144,7 +228,8 @@ def train(run: Components) -> RunState:
 def throughput(metrics: dict[str, float], samples: list, batch, *, gen_devices: int,
                train_devices: int) -> dict[str, float]:
     gen = sum(len(s.response_ids) for s in samples) / max(metrics.get("timing/generate", 0.0), 1e-9)
-    trained = int(batch.attention_mask.sum()) / max(metrics.get("timing/train", 0.0), 1e-9)
+    # no policy update in a critic warm-up step: nothing trained
+    trained = int(batch.attention_mask.sum()) / metrics["timing/train"] if "timing/train" in metrics else 0.0
     return {
         "throughput/gen_tokens_per_s": gen,
         "throughput/train_tokens_per_s": trained,

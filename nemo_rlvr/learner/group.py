@@ -67,6 +67,12 @@ class LearnerWorker:
     def train(self, batch: TrainBatch) -> dict[str, float]:
         return self.policy.train(batch)
 
+    def values(self, batch: TrainBatch) -> Any:
+        return self.policy.values(batch)
+
+    def train_critic(self, batch: TrainBatch, returns: Any, old_values: Any) -> dict[str, float]:
+        return self.policy.train_critic(batch, returns, old_values)
+
     def publish_weights(self, bucket_bytes: int) -> list[Any]:
         buckets = self.policy.export_weights(bucket_bytes)  # every rank joins the gathers
         return put_all(buckets) if self.rank == 0 else []
@@ -128,6 +134,13 @@ class LearnerGroup:
 
     def train(self, batch: TrainBatch) -> dict[str, float]:
         return self._all("train", _shared(batch))[0]
+
+    def values(self, batch: TrainBatch) -> Any:
+        """PPO's critic values, [N, L-1] (the critic lives beside rank 0, the only rank then)."""
+        return resolve(call(self.workers[0], "values", _shared(batch)))
+
+    def train_critic(self, batch: TrainBatch, returns: Any, old_values: Any) -> dict[str, float]:
+        return resolve(call(self.workers[0], "train_critic", _shared(batch), returns, old_values))
 
     def weights(self, bucket_bytes: int) -> list[Any]:
         """Bucket refs (or buckets, without Ray) for `GeneratorGroup.load_weights`."""

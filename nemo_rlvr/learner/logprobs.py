@@ -75,10 +75,11 @@ FORWARD_METHOD = "nemo_rlvr_response_logprobs"
 
 def response_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor, *,
                       temperature: float, chunk_tokens: int, with_entropy: bool, packed: bool,
-                      ) -> tuple[Tensor, Tensor]:
+                      entropy_grad: bool = False) -> tuple[Tensor, Tensor]:
     """Everything that touches the model's parameters: log-probs [M] of the M response targets
-    (row-major, as `x[loss_mask]` orders them) and their entropies [M] (detached; empty without
-    `with_entropy`). A sharded model runs this as an FSDP2 forward method (`register_forward`)."""
+    (row-major, as `x[loss_mask]` orders them) and their entropies [M] (empty without
+    `with_entropy`; detached unless `entropy_grad`, for an entropy bonus in the loss). A sharded
+    model runs this as an FSDP2 forward method (`register_forward`)."""
     chunked = chunk_tokens > 0 and supports_chunking(model)
     h = _response_states(model, input_ids, attention_mask, loss_mask, chunked=chunked, packed=packed)
     tgt = input_ids[:, 1:][loss_mask]                                                   # [M]
@@ -88,7 +89,8 @@ def response_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     def chunk(h_c: Tensor, t_c: Tensor) -> tuple[Tensor, Tensor]:
         logits = head(h_c).float() / temperature                                        # [c, V]
         logp_c = logits.log_softmax(-1).gather(-1, t_c[:, None]).squeeze(-1)            # [c]
-        ent_c = entropy_from_logits(logits.detach()) if with_entropy else logp_c.new_zeros(0)
+        ent_c = (entropy_from_logits(logits if entropy_grad else logits.detach()) if with_entropy
+                 else logp_c.new_zeros(0))
         return logp_c, ent_c
 
     parts, ents = [], []
@@ -118,16 +120,18 @@ def register_forward(model: nn.Module) -> None:
 
 def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor, *,
                    temperature: float, chunk_tokens: int, with_entropy: bool = False, packed: bool = False,
-                   ) -> tuple[Tensor, Tensor | None]:
+                   entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
     """log_softmax(logits / T) of each next token, [n, w-1] (0 where `loss_mask` is False), and
-    with `with_entropy` the entropy of that distribution (detached: a metric), [n, w-1].
+    with `with_entropy` the entropy of that distribution, [n, w-1] (detached, a metric, unless
+    `entropy_grad`: then the loss's entropy bonus trains through it).
 
     input_ids, attention_mask: [n, w], rows right-padded; loss_mask: [n, w-1] bool, True where
     token t+1 is a response token. `chunk_tokens` > 0 bounds the logits held at once; `packed`
     runs the rows as one padding-free row (see the module docstring). Same output either way.
     """
     forward = getattr(model, FORWARD_METHOD, None)
-    kw = dict(temperature=temperature, chunk_tokens=chunk_tokens, with_entropy=with_entropy, packed=packed)
+    kw = dict(temperature=temperature, chunk_tokens=chunk_tokens, with_entropy=with_entropy, packed=packed,
+              entropy_grad=entropy_grad)
     if forward is not None:
         lp, ent = forward(input_ids, attention_mask, loss_mask, **kw)
     else:

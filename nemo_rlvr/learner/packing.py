@@ -26,7 +26,7 @@ class TrainBatch:
     attention_mask: Tensor   # [N, L] bool
     loss_mask: Tensor        # [N, L-1] bool, True where the target token is a response token
     logp_gen: Tensor         # [N, L-1] generator log-probs of the targets (0 off mask)
-    adv: Tensor              # [N] one advantage per sequence
+    adv: Tensor              # [N] one advantage per sequence, or [N, L-1] one per target token
     logp_old: Tensor | None = None   # [N, L-1] learner log-probs before this step's update
     logp_ref: Tensor | None = None   # [N, L-1] reference-model log-probs (KL on)
 
@@ -43,7 +43,8 @@ class TrainBatch:
 
 
 def collate(samples: Sequence[Sample], adv: Tensor, *, pad_id: int) -> TrainBatch:
-    """Pad samples into a TrainBatch; `adv` is [N], aligned with `samples`."""
+    """Pad samples into a TrainBatch; `adv` is [N], aligned with `samples` (token-level advantages
+    are computed on the batch's loss mask afterwards and set with `with_(adv=...)`)."""
     lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
     n, width = len(samples), max(lengths)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)                  # [N, L]
@@ -64,7 +65,7 @@ def trim(mb: TrainBatch) -> TrainBatch:
     width = int(mb.attention_mask.sum(1).max())                                   # longest row here
     return TrainBatch(
         mb.input_ids[:, :width], mb.attention_mask[:, :width], mb.loss_mask[:, : width - 1],
-        mb.logp_gen[:, : width - 1], mb.adv,
+        mb.logp_gen[:, : width - 1], mb.adv if mb.adv.dim() == 1 else mb.adv[:, : width - 1],
         None if mb.logp_old is None else mb.logp_old[:, : width - 1],
         None if mb.logp_ref is None else mb.logp_ref[:, : width - 1],
     )

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nemo_rlvr.algorithms.losses import clipped_pg_loss, masked_mean, truncated_is_weights
+from nemo_rlvr.algorithms.losses import get_loss, masked_mean, truncated_is_weights
 from nemo_rlvr.config import AlgorithmConfig, LearnerConfig
 from nemo_rlvr.learner.distributed import rank_and_world, reduce_metrics, shard_model
 from nemo_rlvr.learner.logprobs import register_forward, token_logprobs
@@ -86,6 +86,14 @@ class PolicyWorker:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, functools.partial(
             lr_multiplier, kind=learner.lr_schedule, warmup_steps=learner.warmup_steps,
             total_steps=total_steps or 0, min_lr_ratio=learner.min_lr_ratio))
+        self.loss_fn = get_loss(algorithm.loss)  # algorithms/losses.py's registry, by config name
+        self.critic = None
+        if algorithm.uses_critic:  # PPO: the value model beside this (only) rank
+            from nemo_rlvr.learner.critic import Critic
+
+            self.critic = Critic(model_path, lr=algorithm.critic_lr, value_clip=algorithm.value_clip,
+                                 grad_clip=learner.grad_clip, max_tokens_per_microbatch=learner.max_tokens_per_microbatch,
+                                 device=self.device, dtype=dtype)
 
     def _place(self, learner: LearnerConfig) -> None:
         """Shard policy and reference over the ranks (FSDP2), or move them to the one device."""
@@ -131,13 +139,14 @@ class PolicyWorker:
             for _ in range(missing):
                 yield None, idle
 
-    def _token_logp(self, model, mb: TrainBatch, *, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    def _token_logp(self, model, mb: TrainBatch, *, with_entropy: bool = False,
+                    entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
         """Log-probs (and entropy) of the targets, [n, w-1], 0 off the loss mask; memory-bounded
         (learner/logprobs.py: only response tokens get logits, `logprob_chunk_tokens` at a time)."""
         return token_logprobs(model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
                               mb.loss_mask.to(self.device), temperature=self.temperature,
                               chunk_tokens=self.cfg.logprob_chunk_tokens, with_entropy=with_entropy,
-                              packed=self.cfg.sequence_packing)
+                              packed=self.cfg.sequence_packing, entropy_grad=entropy_grad)
 
     # ------------------------------------------------------------------ forward
 
@@ -218,7 +227,8 @@ class PolicyWorker:
         acc: dict[str, float] = {}
         for rows, mb in self._passes(mini):
             mask = mb.loss_mask.to(self.device)
-            logp, ent = self._token_logp(self.model, mb, with_entropy=True)
+            bonus = self.alg.entropy_coef > 0
+            logp, ent = self._token_logp(self.model, mb, with_entropy=True, entropy_grad=bonus)
             if mb.logp_old is None:  # on-policy: this forward is the pre-update policy
                 logp_old = logp.detach()
                 gap = (mb.logp_gen.to(self.device) - logp_old).abs()[mask]                 # [tokens]
@@ -230,17 +240,19 @@ class PolicyWorker:
             tis, tis_m = None, {}
             if self.alg.tis_cap is not None:
                 tis, tis_m = truncated_is_weights(logp_old, mb.logp_gen.to(self.device), mask, cap=self.alg.tis_cap)
-            loss, m = clipped_pg_loss(
+            loss, m = self.loss_fn(
                 logp, logp_old, mb.adv.to(self.device), mask,
                 clip_low=self.alg.clip_low, clip_high=self.alg.clip_high,
                 num_tokens=num_tokens, num_seqs=num_seqs, aggregation=self.alg.aggregation,
                 logp_ref=None if mb.logp_ref is None else mb.logp_ref.to(self.device),
-                kl_coef=self.alg.kl_coef, kl_estimator=self.alg.kl_estimator, tis_weight=tis)
+                kl_coef=0.0 if self.alg.kl_in_reward else self.alg.kl_coef,  # in the reward: not twice
+                kl_estimator=self.alg.kl_estimator, tis_weight=tis, clip_c=self.alg.clip_c,
+                entropy=ent if bonus else None, entropy_coef=self.alg.entropy_coef)
             if rows is None:  # an idle pass: joins the collectives, adds no gradient
                 loss = loss * 0.0
             loss.backward()
             share = float(mask.sum()) / float(num_tokens)  # this pass's share of the tokens (0 if idle)
-            m = {**m, **tis_m, "train/entropy": masked_mean(ent, mask)}
+            m = {**m, **tis_m, "train/entropy": masked_mean(ent.detach(), mask)}
             for key, v in m.items():
                 # loss/total is already normalised globally: it sums; masked means are token-weighted
                 weight = (0.0 if rows is None else 1.0) if key == "loss/total" else share
@@ -253,6 +265,15 @@ class PolicyWorker:
         self.sched.step()
         acc["train/grad_norm"] = float(materialize(grad_norm))
         return acc
+
+    # ------------------------------------------------------------------ critic (PPO)
+
+    def values(self, batch: TrainBatch) -> Tensor:
+        """The critic's V(s_t) for every target column, [N, L-1] (algorithm.advantage=gae)."""
+        return self.critic.values(batch)
+
+    def train_critic(self, batch: TrainBatch, returns: Tensor, old_values: Tensor) -> dict[str, float]:
+        return self.critic.train(batch, returns, old_values)
 
     # ------------------------------------------------------------------ memory (colocated GPUs)
 
@@ -290,6 +311,8 @@ class PolicyWorker:
             dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(path, "dcp"))
         torch.save({"sched": self.sched.state_dict(), "rng": rng_state()},
                    os.path.join(path, f"rank_{self.rank}.pt"))
+        if self.critic is not None:
+            torch.save(self.critic.state_dict(), os.path.join(path, "critic.pt"))
 
     def load(self, path: str) -> None:
         """Restore what `save(path)` wrote, in place (bit-exact: model, AdamW moments and step, lr
@@ -309,6 +332,12 @@ class PolicyWorker:
         self.sched.load_state_dict(extra["sched"])
         set_rng_state(extra["rng"])
         self._apply_hparams()
+        if self.critic is not None:
+            critic = os.path.join(path, "critic.pt")
+            if not os.path.exists(critic):
+                raise FileNotFoundError(f"{path} has no critic.pt: it was saved by a run without a critic "
+                                        f"(algorithm.advantage != gae); resume it with the same algorithm")
+            self.critic.load_state_dict(torch.load(critic, weights_only=True))
 
     def _apply_hparams(self) -> None:
         """This run's lr, betas and weight decay over the ones loaded with the optimizer state (a

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typing
 
+import re
+
 import pytest
 import yaml
 from pydantic import BaseModel
@@ -120,3 +122,36 @@ def test_configs_grpo_yaml_mirrors_the_defaults():
     body = "\n".join(line for line in text.splitlines() if not line.startswith("# Base") and
                      not line.startswith("# `base:") and not line.startswith("# nemo_rlvr/config.py"))
     assert commented_yaml().strip() in body, "regenerate: python -m nemo_rlvr.config"
+
+
+def test_presets_fill_what_is_left_unset_and_keys_win(tmp_path):
+    from nemo_rlvr.config import PRESETS, dump_config
+
+    dapo = load_config(DEFAULT_RECIPE, ["algorithm.name=dapo"]).algorithm
+    assert (dapo.advantage, dapo.loss, dapo.clip_low, dapo.clip_high, dapo.dynamic_sampling) == \
+        ("grpo", "ppo_clip", 0.2, 0.28, True)
+    assert dapo.kl_coef == 0.001            # the recipe sets it: a recipe's key wins over the preset
+    mine = load_config(DEFAULT_RECIPE, ["algorithm.name=dapo", "algorithm.clip_high=0.3"]).algorithm
+    assert mine.clip_high == 0.3 and mine.dynamic_sampling
+    gspo = load_config(DEFAULT_RECIPE, ["algorithm.name=gspo"]).algorithm
+    assert (gspo.loss, gspo.clip_low, gspo.clip_high) == ("gspo", 3e-4, 4e-4)
+    ppo = load_config(DEFAULT_RECIPE, ["algorithm.name=ppo"]).algorithm
+    assert (ppo.advantage, ppo.kl_in_reward, ppo.whiten_advantages, ppo.uses_critic) == ("gae", True, True, True)
+    for name in PRESETS:                     # every preset expands and survives the run's config.yaml
+        cfg = load_config(DEFAULT_RECIPE, [f"algorithm.name={name}"])
+        assert None not in (cfg.algorithm.advantage, cfg.algorithm.loss, cfg.algorithm.clip_high)
+        again = tmp_path / f"{name}.yaml"
+        again.write_text(dump_config(cfg))
+        assert load_config(again) == cfg
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["algorithm.name=gspo", "algorithm.tis_cap=2"], "algorithm.tis_cap=2.0 with algorithm.loss=gspo"),
+    (["algorithm.clip_c=3", "algorithm.loss=cispo"], "algorithm.clip_c=3.0 is dual-clip PPO"),
+    (["algorithm.name=ppo", "learner.num_workers=2"], "the critic runs beside learner rank 0"),
+    (["algorithm.overlong_buffer_len=9"], "algorithm.overlong_buffer_len=9 is longer than"),
+    (["algorithm.name=sac"], "algorithm.name='sac' is not allowed"),
+])
+def test_algorithm_combinations_that_cannot_run_are_refused(overrides, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(DEFAULT_RECIPE, overrides)

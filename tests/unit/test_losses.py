@@ -252,5 +252,5 @@ def test_masked_mean():
 def test_loss_registry():
     assert LOSSES["clipped_pg"] is clipped_pg_loss
     assert get_loss("clipped_pg") is clipped_pg_loss
-    with pytest.raises(ValueError, match="known: clipped_pg"):
+    with pytest.raises(ValueError, match="known: cispo, clipped_pg, gspo, ppo_clip"):
         get_loss("cispo_typo")
