@@ -50,11 +50,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(dump_config(cfg), end="")
         return 0
     from nemo_rlvr.build import build_run
-    from nemo_rlvr.controller import train
+    from nemo_rlvr.controller import PREEMPTED_EXIT_CODE, RunStopped, StopRequested, train
 
     run = build_run(cfg)
     try:
         train(run)
+    except StopRequested as e:
+        where = f"checkpoint {e.path}" if e.path else "nothing new to checkpoint"
+        print(f"nemo-rlvr: {e.signame}: stopped after step {e.step} ({where}). {_resume_hint(cfg)}",
+              file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    except KeyboardInterrupt:
+        print(f"nemo-rlvr: stopped at once (a second signal). {_resume_hint(cfg)}", file=sys.stderr)
+        return 130
+    except RunStopped as e:
+        print(f"nemo-rlvr: the run stopped: {e}. {_resume_hint(cfg)}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if not _is_actor_death(e):
+            raise
+        print(f"nemo-rlvr: a worker died: {type(e).__name__}: {str(e).strip().splitlines()[0]}. "
+              f"{_resume_hint(cfg)}", file=sys.stderr)
+        return 1
     finally:
         run.logger.close()
         run.scorer.close()
@@ -64,6 +81,26 @@ def cmd_train(args: argparse.Namespace) -> int:
             ray.shutdown()
     _print_summary(cfg.run_dir)
     return 0
+
+
+def _resume_hint(cfg) -> str:
+    """Where the run can continue from, and the command that does it."""
+    from nemo_rlvr.checkpoint import find_latest
+
+    latest = find_latest(cfg.run_dir / "checkpoints")
+    command = " ".join(["nemo-rlvr", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else "the same command"
+    if latest is None:
+        return f"No complete checkpoint yet: `{command}` starts the run again."
+    return f"The newest complete checkpoint is {latest}; `{command}` resumes from it (checkpoint.resume=auto)."
+
+
+def _is_actor_death(e: BaseException) -> bool:
+    """A Ray actor died (killed, OOM, lost node) or its task raised on a dead peer."""
+    try:
+        from ray.exceptions import RayActorError
+    except ImportError:
+        return False
+    return isinstance(e, RayActorError)
 
 
 def _print_summary(run_dir: Path) -> None:

@@ -53,6 +53,27 @@ def start_ray(cfg: ClusterConfig, *, min_cpus: int = 1) -> None:
     ray.init(num_cpus=cfg.num_cpus or max(os.cpu_count() or 1, min_cpus),
              object_store_memory=cfg.object_store_mb * 2**20,
              **kwargs)
+    _watch(ray)
+
+
+def _watch(ray) -> None:
+    """Start nemo_rlvr.watchdog for the local cluster just started: it takes the cluster's processes
+    down if this driver dies without `ray.shutdown()` (SIGKILL, OOM)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    try:
+        session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
+    except AttributeError:  # a Ray whose internals moved: no watchdog, say so
+        log.warning("ray %s: cannot find the session folder; a SIGKILLed driver may leave Ray processes "
+                    "behind (`ray stop` removes them)", ray.__version__)
+        return
+    procs = [f"{p.pid}:{p.create_time()}" for p in psutil.Process().children(recursive=True)]
+    subprocess.Popen([sys.executable, "-m", "nemo_rlvr.watchdog", str(os.getpid()), session_dir, *procs],
+                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, close_fds=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -410,6 +410,9 @@ class TrainConfig(_Cfg):
     """RL steps in total; a resumed run continues up to this step."""
     prompts_per_step: int = Field(16, ge=1)
     """B: prompts per RL step; each is sampled group_size times."""
+    max_skipped_steps: int = Field(3, ge=1)
+    """A step whose loss or gradient norm is NaN or inf is skipped (no optimizer step, the weights
+    stay, `faults/skipped_steps`); this many in a row stop the run."""
 
 
 class RunConfig(_Cfg):

@@ -19,7 +19,11 @@ the end; the checkpointer saves full state so a resumed run continues the same c
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +39,50 @@ from nemo_rlvr.metrics import logprob_mismatch, rollout_metrics
 from nemo_rlvr.types import Prompt, Sample, SamplingParams
 
 log = logging.getLogger(__name__)
+
+
+PREEMPTED_EXIT_CODE = 75
+"""Exit status of a run stopped by SIGTERM / SIGINT after it checkpointed (EX_TEMPFAIL: try again;
+launchers requeue on it). The same command resumes from that checkpoint."""
+
+
+class StopRequested(Exception):
+    """The first SIGTERM / SIGINT: the step in flight finished, `path` holds its checkpoint."""
+
+    def __init__(self, signame: str, step: int, path: Any):
+        super().__init__(f"{signame}: stopped after step {step}" + (f", checkpoint {path}" if path else ""))
+        self.signame, self.step, self.path = signame, step, path
+
+
+class RunStopped(RuntimeError):
+    """The run cannot go on (repeated non-finite steps, a dead learner); the message says why and
+    how to continue."""
+
+
+@contextlib.contextmanager
+def stop_on_signal() -> Iterator[dict[str, str]]:
+    """While training: the first SIGTERM or SIGINT only sets `flag["signal"]` (the loop finishes the
+    step, checkpoints and raises StopRequested); a second one raises KeyboardInterrupt at once. The
+    previous handlers come back after. Outside the main thread (a test driving `train`) nothing is
+    installed."""
+    flag: dict[str, str] = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        flag["signal"] = signal.Signals(signum).name
+        log.warning("%s: finishing this step, then checkpointing and stopping (send it again to stop at "
+                    "once)", flag["signal"])
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 @dataclass
@@ -165,16 +213,25 @@ def validate(run: Components, step: int) -> dict[str, float]:
 
 
 def train(run: Components) -> RunState:
+    """Train from `run.state.step` to train.steps. Raises StopRequested after the first SIGTERM /
+    SIGINT (the step finished and checkpointed), KeyboardInterrupt on a second, RunStopped when the
+    run cannot go on."""
+    with stop_on_signal() as stop:
+        if run.state.step == 0 and run.cfg.validation.at_start:
+            run.logger.write(0, validate(run, 0))
+        if run.state.step >= run.cfg.train.steps:
+            log.warning("train.steps=%d already reached (the run is at step %d); nothing to train. Raise "
+                        "train.steps to continue.", run.cfg.train.steps, run.state.step)
+        _loop(run, Timer(), stop)
+    return run.state
+
+
+def _loop(run: Components, timer: Timer, stop: dict[str, str]) -> None:
     cfg, st, alg = run.cfg, run.state, run.cfg.algorithm
-    timer = Timer()
     bucket_bytes = cfg.generation.weight_sync_bucket_bytes
     colocated = cfg.cluster.placement == "colocated"  # generators share the learner's GPUs
-    if st.step == 0 and cfg.validation.at_start:
-        run.logger.write(0, validate(run, 0))
-    if st.step >= cfg.train.steps:
-        log.warning("train.steps=%d already reached (the run is at step %d); nothing to train. Raise "
-                    "train.steps to continue.", cfg.train.steps, st.step)
-
+    if stop:  # a signal while validating at the start: nothing new to save
+        raise StopRequested(stop["signal"], st.step, None)
     for step in range(st.step + 1, cfg.train.steps + 1):
         with timer("step"):
             samples, scores, rewards, groups, verifier = rollout(run, step, timer)              # N = B*G
@@ -221,8 +278,17 @@ def train(run: Components) -> RunState:
         run.logger.write(step, metrics)
         if cfg.logging.sample_table_every and step % cfg.logging.sample_table_every == 0:
             run.logger.write_samples(step, sample_rows(samples, scores))
-        run.checkpointer.maybe_save(step, metrics, final=step == cfg.train.steps)
-    return st
+        skipped = int(st.extra.get("skipped_in_a_row", 0))
+        skipped = skipped + 1 if metrics.get("faults/skipped_steps", 0) else 0
+        st.extra["skipped_in_a_row"] = skipped
+        saved = run.checkpointer.maybe_save(step, metrics, final=step == cfg.train.steps)
+        if skipped >= cfg.train.max_skipped_steps:
+            raise RunStopped(
+                f"{skipped} steps in a row had a NaN or inf loss or gradient norm (up to step {step}; none "
+                f"of them changed the weights). Lower learner.lr, check the rewards (train/reward_*), or "
+                f"raise train.max_skipped_steps; the newest checkpoint holds the last good weights")
+        if stop:
+            raise StopRequested(stop["signal"], step, saved or run.checkpointer.save(step, metrics))
 
 
 def throughput(metrics: dict[str, float], samples: list, batch, *, gen_devices: int,

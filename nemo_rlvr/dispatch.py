@@ -37,6 +37,23 @@ def resolve(value: Any) -> Any:
     return value
 
 
+def resolve_all(values: list[Any]) -> list[Any]:
+    """Wait for every value of `values` (ObjectRefs or plain values), failing fast: the first
+    actor that fails or dies raises at once, even while the others still wait for it (ranks stuck
+    in a collective with a dead peer would otherwise block `ray.get` until their timeout)."""
+    try:
+        import ray
+    except ImportError:
+        return list(values)
+    refs = [v for v in values if isinstance(v, ray.ObjectRef)]
+    pending = refs
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)  # raises the first failure
+    got = iter(ray.get(refs)) if refs else iter(())
+    return [next(got) if isinstance(v, ray.ObjectRef) else v for v in values]
+
+
 def put_all(values: list[Any]) -> list[Any]:
     """Put values into Ray's object store when running inside Ray; else return them as is."""
     try:

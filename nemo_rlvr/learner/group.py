@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nemo_rlvr.dispatch import call, put_all, resolve
+from nemo_rlvr.dispatch import call, put_all, resolve, resolve_all
 from nemo_rlvr.learner.packing import TrainBatch
 
 
@@ -124,7 +124,7 @@ class LearnerGroup:
 
     def _all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Call `method` on every rank at once (they meet in collectives) and wait for all."""
-        return [resolve(f) for f in [call(w, method, *args, **kwargs) for w in self.workers]]
+        return resolve_all([call(w, method, *args, **kwargs) for w in self.workers])
 
     def logprobs(self, batch: TrainBatch, **which: bool) -> dict[str, Any]:
         """`logp_old` (policy=True) and `logp_ref` (reference=True, KL on) for every target token;

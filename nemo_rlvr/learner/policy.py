@@ -22,6 +22,7 @@ import contextlib
 import copy
 import functools
 import logging
+import math
 import os
 import random
 import warnings
@@ -216,7 +217,8 @@ class PolicyWorker:
         totals: dict[str, float] = {}
         for k in range(n_mini):
             for key, v in self._optimizer_step(batch.select(slice(k * per, (k + 1) * per))).items():
-                totals[key] = totals.get(key, 0.0) + v / n_mini
+                # skipped optimizer steps add up; everything else is a mean over the mini-batches
+                totals[key] = totals.get(key, 0.0) + (v if key == "faults/skipped_steps" else v / n_mini)
         totals["train/lr"] = self.sched.get_last_lr()[0]
         return totals
 
@@ -260,10 +262,18 @@ class PolicyWorker:
         acc = reduce_metrics(acc, self.device)  # partial sums of every rank -> the mini-batch's
         if "train/logprob_mismatch" in acc:  # a sum of |diff|: the mean over the mini-batch
             acc["train/logprob_mismatch"] /= float(num_tokens)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        acc["train/grad_norm"] = float(materialize(grad_norm))
+        grad_norm = float(materialize(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)))
+        acc["train/grad_norm"] = grad_norm
+        # every rank sees the same reduced loss and global norm, so all skip together
+        if math.isfinite(grad_norm) and math.isfinite(acc.get("loss/total", 0.0)):
+            self.opt.step()
+            self.sched.step()
+            acc["faults/skipped_steps"] = 0.0
+        else:  # a NaN/inf must reach neither the weights nor the generators nor a checkpoint
+            self.opt.zero_grad(set_to_none=True)
+            acc["faults/skipped_steps"] = 1.0
+            log.warning("non-finite loss %s or gradient norm %s: optimizer step skipped, weights unchanged",
+                        acc.get("loss/total"), grad_norm)
         return acc
 
     # ------------------------------------------------------------------ critic (PPO)

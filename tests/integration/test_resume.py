@@ -189,3 +189,118 @@ def test_crash_during_checkpoint_write_resumes_previous_and_wandb_continues(
     assert id2 == saved_id
     assert steps1 == list(range(len(steps1))) and len(steps1) <= 5
     assert steps2 == [3, 4, 5, 6]                 # the resumed attempt continues after step 2
+
+
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def wait_for_step(proc: subprocess.Popen, run: Path, step: int) -> None:
+    deadline = time.monotonic() + 600
+    while not any(r["step"] == step for r in read_metrics(run / "metrics.jsonl")):
+        assert proc.poll() is None, f"training exited early: {proc.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"step {step} never logged"
+        time.sleep(0.02)
+
+
+def test_sigterm_checkpoints_the_step_exits_75_and_resumes_exactly(reference, tiny_model_dir, data_file,
+                                                                    tmp_path):
+    """The first SIGTERM (SLURM / Kubernetes preemption) lets the step in flight finish, writes a
+    checkpoint of it (step 3 is not a checkpoint step here) and exits with status 75."""
+    args = train_args(tiny_model_dir, data_file, tmp_path)
+    run = tmp_path / "tiny_cpu"
+    proc = start(args, child_env())
+    try:
+        wait_for_step(proc, run, 2)
+        proc.send_signal(signal.SIGTERM)        # while step 3 runs (or step 2's checkpoint is written)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        kill_group(proc)
+        proc.wait()
+    assert proc.returncode == 75, err[-3000:]
+    stopped = [r["step"] for r in read_metrics(run / "metrics.jsonl")][-1]
+    assert stopped < STEPS and (run / "checkpoints" / f"step_{stopped}" / "manifest.json").is_file()
+    assert f"SIGTERM: stopped after step {stopped} (checkpoint {run / 'checkpoints' / f'step_{stopped}'})" in err
+    assert "resumes from it" in err
+
+    resumed = run_train(args, child_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {run / 'checkpoints' / f'step_{stopped}'}" in resumed.stdout
+    assert_same_run(run, reference)
+
+
+def test_a_second_sigterm_stops_at_once_and_the_last_checkpoint_resumes(reference, tiny_model_dir, data_file,
+                                                                         tmp_path):
+    args = train_args(tiny_model_dir, data_file, tmp_path)
+    run = tmp_path / "tiny_cpu"
+    proc = start(args, child_env())
+    try:
+        wait_for_step(proc, run, 3)             # step_2 is the newest checkpoint
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        kill_group(proc)
+        proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert "stopped at once (a second signal)" in err and "Traceback" not in err
+    resumed = run_train(args, child_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run, reference)
+
+
+def test_a_dead_learner_stops_the_run_fast_and_it_resumes_exactly(reference, tiny_model_dir, data_file, tmp_path):
+    """SIGKILL the learner actor's process (an OOM kill): the driver exits non-zero within 30 s,
+    naming the newest checkpoint and the command; that command then finishes the run exactly."""
+    pytest.importorskip("ray")
+    import psutil
+
+    args = train_args(tiny_model_dir, data_file, tmp_path, "cluster.mode=ray", "cluster.num_cpus=2")
+    run = tmp_path / "tiny_cpu"
+    proc = start(args, child_env())
+    try:
+        wait_for_step(proc, run, 3)
+        learners = [p for p in psutil.process_iter(["cmdline"])
+                    if any("ray::LearnerWorker" in part for part in (p.info["cmdline"] or []))]
+        assert len(learners) == 1, learners
+        learners[0].kill()
+        t0 = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        kill_group(proc)
+        proc.wait()
+    assert proc.returncode == 1 and took < 30, (proc.returncode, took, err[-3000:])
+    assert "a worker died" in err and f"newest complete checkpoint is {run / 'checkpoints'}" in err
+    assert "Traceback" not in err.split("a worker died")[-1]
+    resumed = run_train(args, child_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run, reference)
+
+
+def test_a_sigkilled_driver_leaves_no_ray_process_and_the_next_run_starts(tiny_model_dir, data_file, tmp_path):
+    """Without nemo_rlvr.watchdog, Ray's DashboardAgent and RuntimeEnvAgent outlive a SIGKILLed
+    driver (re-parented to init, for ever)."""
+    pytest.importorskip("ray")
+    import psutil
+
+    args = train_args(tiny_model_dir, data_file, tmp_path, "cluster.mode=ray", "cluster.num_cpus=2")
+    run = tmp_path / "tiny_cpu"
+    proc = start(args, child_env())
+    try:
+        wait_for_step(proc, run, 1)
+        driver = psutil.Process(proc.pid)
+        ray_procs = [p for p in driver.children(recursive=True) if "watchdog" not in " ".join(p.cmdline())]
+        assert len(ray_procs) >= 4, ray_procs  # gcs, raylet, agents, the actors
+        os.kill(proc.pid, signal.SIGKILL)      # the driver only: nothing else is signalled
+        proc.wait()
+        gone, alive = psutil.wait_procs(ray_procs, timeout=30)
+        assert not alive, [(p.pid, p.name()) for p in alive]
+    finally:
+        kill_group(proc)
+        proc.stdout.close()
+        proc.stderr.close()
+    again = run_train(args, child_env())       # resumes from step_? or starts over: it must just work
+    assert again.returncode == 0, again.stderr[-3000:]
