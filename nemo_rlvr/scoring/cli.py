@@ -1,7 +1,8 @@
 """`nemo-rlvr verify` and `nemo-rlvr serve-env`: score JSONL records offline, or serve an env over HTTP.
 
     nemo-rlvr verify --env math --input in.jsonl --output out.jsonl [--workers N] [--timeout-s S]
-    nemo-rlvr serve-env --env math --port 8000 [--host 127.0.0.1] [--workers N]
+    nemo-rlvr serve-env --env math --port 8000 [--host 127.0.0.1] [--workers N] [--max-body-mb 8]
+                        [--max-queue 4096]
 
 The main CLI (nemo_rlvr/cli.py) mounts these with `add_verify_args(sub)` / `verify_main(args)`
 and `add_serve_args(sub)` / `serve_main(args)`; `python -m nemo_rlvr.scoring.cli verify ...`
@@ -33,6 +34,13 @@ def _positive_float(text: str) -> float:
     v = float(text)
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return v
 
 
@@ -86,6 +94,11 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                      "or a NeMo Gym verify request; GET /health.")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--max-body-mb", type=_positive_float, default=8.0, metavar="MB",
+                   help="largest request body in MiB (default 8); a larger one gets HTTP 413")
+    p.add_argument("--max-queue", type=_positive_int, default=4096, metavar="N",
+                   help="most samples queued or being scored (default 4096); past it a request gets "
+                        "HTTP 503 with Retry-After, and a batch of more than N records gets 413")
     _add_env_args(p)
 
 
@@ -218,7 +231,8 @@ def serve_main(args: argparse.Namespace) -> int:
 
     from nemo_rlvr.scoring.server import create_app
 
-    uvicorn.run(create_app(args.env, _env_config(args)), host=args.host, port=args.port, log_level="info")
+    app = create_app(args.env, _env_config(args), max_body_mb=args.max_body_mb, max_queue=args.max_queue)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
 
