@@ -77,17 +77,20 @@ def make_workers(cfg: RunConfig, model_dir: str) -> tuple[GeneratorGroup, Learne
         gen_kwargs.update(vllm_kwargs(cfg, use_gpu=place.use_gpu))
     gen_threads, learn_threads = phase_threads(cfg, use_gpu=place.use_gpu)
     gen_cls, learn_cls = ray.remote(GeneratorWorker), ray.remote(LearnerWorker)
-    tp = {}
-    gens = []
-    for o, bundles in zip(place.generator, place.generator_bundles):
-        if g.tensor_parallel_size > 1:  # the engine's Ray executor takes these bundles of our group
-            tp = {"bundle_indices": bundles}
-        gens.append(gen_cls.options(**o).remote(g.backend, model_dir, num_threads=gen_threads, **gen_kwargs, **tp))
+
+    def generator(i: int):
+        tp = {"bundle_indices": place.generator_bundles[i]} if g.tensor_parallel_size > 1 else {}
+        # TP > 1: the engine's Ray executor takes these bundles of our group
+        return gen_cls.options(**place.generator[i]).remote(g.backend, model_dir, num_threads=gen_threads,
+                                                            **gen_kwargs, **tp)
+
+    gens = [generator(i) for i in range(len(place.generator))]
     world = len(place.learner)
     learners = [learn_cls.options(**o).remote(model_dir, num_threads=learn_threads, rank=r, world_size=world,
                                               **learner_kwargs)
                 for r, o in enumerate(place.learner)]
-    return GeneratorGroup(gens), connect_weights(cfg, LearnerGroup(learners), gens, use_gpu=place.use_gpu)
+    return GeneratorGroup(gens, respawn=generator), connect_weights(cfg, LearnerGroup(learners), gens,
+                                                                    use_gpu=place.use_gpu)
 
 
 def phase_threads(cfg: RunConfig, *, use_gpu: bool) -> tuple[int, int]:

@@ -67,7 +67,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"nemo-rlvr: the run stopped: {e}. {_resume_hint(cfg)}", file=sys.stderr)
         return 1
     except Exception as e:
-        if not _is_actor_death(e):
+        from nemo_rlvr.dispatch import is_actor_death
+
+        if not is_actor_death(e):
             raise
         print(f"nemo-rlvr: a worker died: {type(e).__name__}: {str(e).strip().splitlines()[0]}. "
               f"{_resume_hint(cfg)}", file=sys.stderr)
@@ -92,15 +94,6 @@ def _resume_hint(cfg) -> str:
     if latest is None:
         return f"No complete checkpoint yet: `{command}` starts the run again."
     return f"The newest complete checkpoint is {latest}; `{command}` resumes from it (checkpoint.resume=auto)."
-
-
-def _is_actor_death(e: BaseException) -> bool:
-    """A Ray actor died (killed, OOM, lost node) or its task raised on a dead peer."""
-    try:
-        from ray.exceptions import RayActorError
-    except ImportError:
-        return False
-    return isinstance(e, RayActorError)
 
 
 def _print_summary(run_dir: Path) -> None:

@@ -45,6 +45,10 @@ class ClusterConfig(_Cfg):
     one CPU bundle per worker, and sleeping is a no-op."""
     object_store_mb: int = Field(512, ge=64)
     """Ray object store size for a local cluster, MiB (weight sync buckets live here)."""
+    max_restarts: int = Field(3, ge=0)
+    """A generator actor that dies (OOM kill, crash, lost node) is restarted, given the current
+    weights, and the step's prompts are generated again (`faults/generator_restarts`); after this
+    many deaths of one replica in a row the run stops. 0: stop at the first."""
 
 
 class TinyModelConfig(_Cfg):

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ import torch
 from nemo_rlvr.algorithms.advantages import compute_advantages, group_stats
 from nemo_rlvr.algorithms.dapo import DynamicSampler, overlong_penalty
 from nemo_rlvr.config import RunConfig
+from nemo_rlvr.dispatch import is_actor_death
 from nemo_rlvr.evaluate import evaluate
 from nemo_rlvr.learner.packing import collate
 from nemo_rlvr.logging import Timer
@@ -155,7 +156,41 @@ def without_truncated(batch, samples: list[Sample]):
     return batch.with_(loss_mask=batch.loss_mask & ~cut[:, None])
 
 
-def rollout(run: Components, step: int, timer: Timer) -> tuple[list[Sample], list, torch.Tensor, torch.Tensor,
+def restart_generators(run: Components, faults: dict[str, float]) -> list[int]:
+    """Replace the dead generator replicas, reconnect the weight transfer, give every replica the
+    current weights; returns the replicas restarted ([]: none was dead). RunStopped when a replica
+    died cluster.max_restarts times in a row."""
+    dead = run.generators.restart_dead()
+    if not dead:
+        return dead
+    in_a_row = run.state.extra.setdefault("generator_deaths_in_a_row", {})
+    for i in dead:
+        in_a_row[str(i)] = in_a_row.get(str(i), 0) + 1
+        if in_a_row[str(i)] > run.cfg.cluster.max_restarts:
+            raise RunStopped(f"generator replica {i} died {in_a_row[str(i)]} times in a row (cluster.max_restarts="
+                             f"{run.cfg.cluster.max_restarts}); look at its log (out of memory?) and raise "
+                             f"cluster.max_restarts or lower the generator's memory use")
+    log.warning("generator replica(s) %s died: restarted, weights pushed, generating again", dead)
+    faults["faults/generator_restarts"] = faults.get("faults/generator_restarts", 0.0) + len(dead)
+    run.learner.reconnect(run.generators.workers)
+    run.learner.push_weights(run.generators, run.cfg.generation.weight_sync_bucket_bytes)
+    return dead
+
+
+def surviving(run: Components, faults: dict[str, float], fn: Callable[[], Any]) -> Any:
+    """`fn()`, again after restarting the generators whenever one died during it (the same
+    prompts and seeds: the samples do not depend on the restart)."""
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            if not is_actor_death(e) or run.generators.respawn is None:
+                raise
+            if not restart_generators(run, faults):  # it was not a generator that died
+                raise
+
+
+def rollout(run: Components, step: int, timer: Timer, faults: dict[str, float]) -> tuple[list[Sample], list, torch.Tensor, torch.Tensor,
                                                                   dict[str, float]]:
     """Generate and score a step's samples: (samples, scores, rewards [N], group ids [N], metrics).
 
@@ -169,7 +204,8 @@ def rollout(run: Components, step: int, timer: Timer) -> tuple[list[Sample], lis
     while True:
         with timer("generate"):
             prompts = run.loader.next_batch(need)
-            samples = run.generators.generate(prompts, sampling_params(cfg, step=step, round=rnd))  # B*G
+            sp = sampling_params(cfg, step=step, round=rnd)
+            samples = surviving(run, faults, lambda: run.generators.generate(prompts, sp))            # B*G
         with timer("score"):
             scores = run.scorer.score(samples)          # never raises; .metrics: verifier/*
         for k, v in scores.metrics.items():
@@ -234,7 +270,8 @@ def _loop(run: Components, timer: Timer, stop: dict[str, str]) -> None:
         raise StopRequested(stop["signal"], st.step, None)
     for step in range(st.step + 1, cfg.train.steps + 1):
         with timer("step"):
-            samples, scores, rewards, groups, verifier = rollout(run, step, timer)              # N = B*G
+            faults = {"faults/generator_restarts": 0.0}
+            samples, scores, rewards, groups, verifier = rollout(run, step, timer, faults)      # N = B*G
             if colocated:  # the learner's phases: vLLM drops its KV cache and offloads its weights
                 run.generators.sleep()
                 run.learner.reload_optimizer()  # (both no-ops on CPU)
@@ -261,7 +298,7 @@ def _loop(run: Components, timer: Timer, stop: dict[str, str]) -> None:
                 run.learner.offload_optimizer()
                 run.generators.wake(["weights"])   # then the new weights arrive, then the KV cache
             with timer("weight_sync"):
-                sync_metrics = run.learner.push_weights(run.generators, bucket_bytes)
+                sync_metrics = surviving(run, faults, lambda: run.learner.push_weights(run.generators, bucket_bytes))
             if colocated:
                 run.generators.wake(["kv_cache"])
 
@@ -269,7 +306,7 @@ def _loop(run: Components, timer: Timer, stop: dict[str, str]) -> None:
         metrics = (rollout_metrics(samples, scores) | mismatch
                    | {k: float(v) for k, v in group_stats(rewards, groups).items()}
                    | ({"train/shaped_reward_mean": float(rewards.mean())} if alg.overlong_buffer_len else {})
-                   | train_metrics | sync_metrics | verifier | timer.flush())
+                   | train_metrics | sync_metrics | verifier | faults | timer.flush())
         metrics |= throughput(metrics, samples, batch, gen_devices=cfg.generation.num_workers
                               * cfg.generation.tensor_parallel_size, train_devices=cfg.learner.num_workers)
         st.step, st.consumed_samples = step, st.consumed_samples + len(samples)
@@ -278,6 +315,8 @@ def _loop(run: Components, timer: Timer, stop: dict[str, str]) -> None:
         run.logger.write(step, metrics)
         if cfg.logging.sample_table_every and step % cfg.logging.sample_table_every == 0:
             run.logger.write_samples(step, sample_rows(samples, scores))
+        if not faults["faults/generator_restarts"]:
+            st.extra["generator_deaths_in_a_row"] = {}
         skipped = int(st.extra.get("skipped_in_a_row", 0))
         skipped = skipped + 1 if metrics.get("faults/skipped_steps", 0) else 0
         st.extra["skipped_in_a_row"] = skipped

@@ -37,6 +37,28 @@ def resolve(value: Any) -> Any:
     return value
 
 
+def is_actor_death(e: BaseException) -> bool:
+    """A Ray actor died (killed, OOM, lost node), or a call to it could not complete because of it."""
+    try:
+        from ray.exceptions import RayActorError
+    except ImportError:
+        return False
+    return isinstance(e, RayActorError)
+
+
+def is_alive(obj: Any, timeout_s: float = 10.0) -> bool:
+    """False for a Ray actor that has died (a local object is always alive). Calls its `pid`."""
+    if not _is_actor(obj):
+        return True
+    import ray
+
+    try:
+        ray.get(obj.pid.remote(), timeout=timeout_s)
+        return True
+    except ray.exceptions.RayActorError:
+        return False
+
+
 def resolve_all(values: list[Any]) -> list[Any]:
     """Wait for every value of `values` (ObjectRefs or plain values), failing fast: the first
     actor that fails or dies raises at once, even while the others still wait for it (ranks stuck

@@ -83,6 +83,8 @@ class LearnerWorker:
         client and connects every generator, the other ranks only join the gathers of each update."""
         from nemo_rlvr.weights.transfer import GeneratorClient, WeightSender, trainer_init_info
 
+        if getattr(self, "sender", None) is not None:  # reconnecting (a generator was restarted)
+            self.sender.shutdown()
         client = GeneratorClient(generators, ranks_per_replica=ranks_per_replica) if self.rank == 0 else None
         info = trainer_init_info(backend, rank=self.rank, world_size=1 + len(generators) * ranks_per_replica,
                                  bucket_bytes=bucket_bytes, master_address=master_address,
@@ -153,6 +155,13 @@ class LearnerGroup:
         address, port = resolve(call(self.workers[0], "rendezvous_address"))
         self._all("init_weight_transfer", generators, backend, address, port, bucket_bytes, ranks_per_replica)
         self.transfer = True
+        self._transfer_args = (bucket_bytes, backend, ranks_per_replica)
+
+    def reconnect(self, generators: list[Any]) -> None:
+        """Open a new weight-transfer group with `generators` (some of them restarted), as before."""
+        if self.transfer:
+            bucket_bytes, backend, tp = self._transfer_args
+            self.init_weight_transfer(generators, bucket_bytes, backend=backend, ranks_per_replica=tp)
 
     def offload_optimizer(self) -> None:
         """Optimizer state to host memory (colocated GPUs, while the generators run)."""

@@ -14,11 +14,11 @@ backend seeds per call and chunk, so its samples are reproducible for a fixed wo
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from nemo_rlvr.dispatch import call, resolve
+from nemo_rlvr.dispatch import call, is_alive, resolve
 from nemo_rlvr.types import Prompt, Sample, SamplingParams
 
 
@@ -76,10 +76,24 @@ class GeneratorWorker:
 
 
 class GeneratorGroup:
-    """Fans generate/load_weights out to workers; implements the Generator protocol."""
+    """Fans generate/load_weights out to workers; implements the Generator protocol.
 
-    def __init__(self, workers: list[Any]):
+    `respawn(i)` (Ray runs; build.py) starts a fresh worker i in the dead one's place:
+    `restart_dead()` finds the dead replicas by a call each and replaces them; the caller then
+    reconnects the weight transfer and pushes the weights (controller.py)."""
+
+    def __init__(self, workers: list[Any], respawn: Callable[[int], Any] | None = None):
         self.workers = workers
+        self.respawn = respawn
+
+    def restart_dead(self) -> list[int]:
+        """Replace every dead worker (Ray actors only); returns their indices."""
+        dead = [i for i, w in enumerate(self.workers) if not is_alive(w)]
+        if dead and self.respawn is None:
+            raise RuntimeError(f"generator replicas {dead} died and this group cannot start new ones")
+        for i in dead:
+            self.workers[i] = self.respawn(i)
+        return dead
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingParams) -> list[Sample]:
         k = min(len(self.workers), len(prompts))

@@ -82,15 +82,15 @@ def reference(tiny_model_dir, data_file, tmp_path_factory) -> Path:
     return out / "tiny_cpu"
 
 
-def comparable(rows: list[dict]) -> dict[int, dict]:
+def comparable(rows: list[dict], ignore: set[str] = frozenset()) -> dict[int, dict]:
     steps = [r["step"] for r in rows]
     assert steps == sorted(set(steps)), f"duplicate or unordered steps in metrics.jsonl: {steps}"
-    return {r["step"]: {k: v for k, v in r.items() if not is_wall_clock(k)} for r in rows}
+    return {r["step"]: {k: v for k, v in r.items() if not is_wall_clock(k) and k not in ignore} for r in rows}
 
 
-def assert_same_run(run: Path, reference: Path) -> None:
-    got = comparable(read_metrics(run / "metrics.jsonl"))
-    want = comparable(read_metrics(reference / "metrics.jsonl"))
+def assert_same_run(run: Path, reference: Path, ignore: set[str] = frozenset()) -> None:
+    got = comparable(read_metrics(run / "metrics.jsonl"), ignore)
+    want = comparable(read_metrics(reference / "metrics.jsonl"), ignore)
     assert list(got) == list(range(STEPS + 1))
     for step in want:
         diff = {k: (got[step].get(k), v) for k, v in want[step].items() if got[step].get(k) != v}
@@ -304,3 +304,30 @@ def test_a_sigkilled_driver_leaves_no_ray_process_and_the_next_run_starts(tiny_m
         proc.stderr.close()
     again = run_train(args, child_env())       # resumes from step_? or starts over: it must just work
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_a_dead_generator_is_restarted_and_the_run_is_unchanged(reference, tiny_model_dir, data_file, tmp_path):
+    """SIGKILL the generator actor's process mid-run: the replica is restarted, takes the current
+    weights, generates the step's prompts again, and the run ends with the reference's numbers."""
+    pytest.importorskip("ray")
+    import psutil
+
+    args = train_args(tiny_model_dir, data_file, tmp_path, "cluster.mode=ray", "cluster.num_cpus=2")
+    run = tmp_path / "tiny_cpu"
+    proc = start(args, child_env())
+    try:
+        wait_for_step(proc, run, 3)
+        gens = [p for p in psutil.process_iter(["cmdline"])
+                if any("ray::GeneratorWorker" in part for part in (p.info["cmdline"] or []))]
+        assert len(gens) == 1, gens
+        gens[0].kill()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        kill_group(proc)
+        proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    rows = read_metrics(run / "metrics.jsonl")
+    restarts = {r["step"]: r["faults/generator_restarts"] for r in rows if "faults/generator_restarts" in r}
+    assert sum(restarts.values()) == 1 and restarts[3] == 0, restarts
+    assert "generator replica(s) [0] died: restarted" in err
+    assert_same_run(run, reference, ignore={"faults/generator_restarts"})
