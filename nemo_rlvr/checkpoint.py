@@ -73,6 +73,28 @@ class CheckpointError(ConfigError):
 # ---------------------------------------------------------------- files and verification
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the previous complete one is intact (the message names
+    the folder, the free space and the newest complete checkpoint)."""
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind `e`: itself, its cause chain, or a Ray task error's cause (a learner
+    rank's write failed in its actor)."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError):
+            return e
+        failures = getattr(e, "failures", None)  # torch DCP's CheckpointException: rank -> error
+        if isinstance(failures, dict) and failures:
+            e = next(iter(failures.values()))
+            e = e[0] if isinstance(e, tuple) else e
+        else:
+            e = getattr(e, "cause", None) or e.__cause__
+        seen += 1
+    return None
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -294,13 +316,36 @@ class Checkpointer:
     def maybe_save(self, step: int, metrics: Mapping[str, Any], *, final: bool) -> Path | None:
         path = None
         if final or (self.cfg.every_steps and step % self.cfg.every_steps == 0):
-            path = self.save(step, metrics)
+            path = self.save_or_report(step, metrics)
         if final and self.cfg.export_hf:
             self.export_final()
         return path
 
     def _better(self, value: float, than: float | None) -> bool:
         return than is None or (value > than if self.cfg.best_mode == "max" else value < than)
+
+    def save_or_report(self, step: int, metrics: Mapping[str, Any] | None = None) -> Path | None:
+        """`save`, and when it fails (a full disk, a quota, an I/O error, here or in a learner rank;
+        torch's writers report those as RuntimeError too): the half-written folder removed, then
+        CheckpointWriteError (checkpoint.on_write_error=stop) or an error logged and None (continue)."""
+        try:
+            return self.save(step, metrics)
+        except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is a BaseException
+            if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
+            cause = _os_error(e) or e
+            tmp = self.root / f"tmp_step_{step}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            free = shutil.disk_usage(self.root).free if self.root.exists() else float("nan")
+            latest = find_latest(self.root)
+            what = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            msg = (f"writing checkpoint {tmp} failed: {type(cause).__name__}: {what} ({free / 2**30:.2f} GiB free "
+                   f"in {self.root}); the newest complete checkpoint is {latest or 'none'}")
+            if self.cfg.on_write_error == "continue":
+                log.error("%s; training goes on without it (checkpoint.on_write_error=continue)", msg)
+                return None
+            raise CheckpointWriteError(f"{msg}. Free space (or set output_dir elsewhere) and run the same "
+                                       f"command; or set checkpoint.on_write_error=continue") from e
 
     def save(self, step: int, metrics: Mapping[str, Any] | None = None) -> Path:
         from nemo_rlvr.learner.policy import rng_state

@@ -50,6 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(dump_config(cfg), end="")
         return 0
     from nemo_rlvr.build import build_run
+    from nemo_rlvr.checkpoint import CheckpointWriteError
     from nemo_rlvr.controller import PREEMPTED_EXIT_CODE, RunStopped, StopRequested, train
 
     run = build_run(cfg)
@@ -63,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"nemo-rlvr: stopped at once (a second signal). {_resume_hint(cfg)}", file=sys.stderr)
         return 130
-    except RunStopped as e:
+    except (RunStopped, CheckpointWriteError) as e:
         print(f"nemo-rlvr: the run stopped: {e}. {_resume_hint(cfg)}", file=sys.stderr)
         return 1
     except Exception as e:

@@ -349,6 +349,10 @@ class EnvConfig(_Cfg):
     """Per-sample time limit; a hang past it is reward 0 with error 'timeout'."""
     max_retries: int = Field(1, ge=0)
     """Retries of a sample whose worker crashed, and of a failed remote request."""
+    max_error_rate: float = Field(1.0, gt=0, le=1)
+    """A step in which at least this share of the samples got a verifier error (reward 0 with
+    `error`: the env server is down, the environment is broken) stops the run with the first
+    error; 1: only when every sample failed."""
     options: dict[str, Any] = {}
     """Constructor arguments of the default environment (env.name), checked before workers
     start, e.g. for code {timeout_s: 5, memory_mb: 512, max_parallel: 1}. Records naming
@@ -396,6 +400,10 @@ class CheckpointConfig(_Cfg):
     (refused when the run folder already has checkpoints); or a path to a step_N folder."""
     export_hf: bool = True
     """At the end, write <output_dir>/<name>/final_hf (save_pretrained layout)."""
+    on_write_error: Literal["stop", "continue"] = "stop"
+    """A checkpoint that cannot be written (disk full, quota, I/O error): its half-written folder is
+    removed and the previous checkpoint stays. stop: the run stops, naming the folder and the free
+    space; continue: training goes on without that checkpoint (logged as an error)."""
 
 
 class ValidationConfig(_Cfg):

@@ -156,6 +156,17 @@ def without_truncated(batch, samples: list[Sample]):
     return batch.with_(loss_mask=batch.loss_mask & ~cut[:, None])
 
 
+def check_verifier_errors(cfg: RunConfig, step: int, scores: list) -> None:
+    """RunStopped when env.max_error_rate of the step's samples failed to verify (training on
+    rewards that are all 0 by error would only waste the run)."""
+    errors = [s.error for s in scores if s.error is not None]
+    if scores and len(errors) / len(scores) >= cfg.env.max_error_rate:
+        where = f"the env server {cfg.env.url} (is it up? `nemo-rlvr serve-env`)" if cfg.env.url else \
+            f"environment {cfg.env.name!r}"
+        raise RunStopped(f"{len(errors)} of step {step}'s {len(scores)} samples got a verifier error (env."
+                         f"max_error_rate={cfg.env.max_error_rate:g}), from {where}; the first: {errors[0]}")
+
+
 def restart_generators(run: Components, faults: dict[str, float]) -> list[int]:
     """Replace the dead generator replicas, reconnect the weight transfer, give every replica the
     current weights; returns the replicas restarted ([]: none was dead). RunStopped when a replica
@@ -272,6 +283,7 @@ def _loop(run: Components, timer: Timer, stop: dict[str, str]) -> None:
         with timer("step"):
             faults = {"faults/generator_restarts": 0.0}
             samples, scores, rewards, groups, verifier = rollout(run, step, timer, faults)      # N = B*G
+            check_verifier_errors(cfg, step, scores)
             if colocated:  # the learner's phases: vLLM drops its KV cache and offloads its weights
                 run.generators.sleep()
                 run.learner.reload_optimizer()  # (both no-ops on CPU)
@@ -327,7 +339,7 @@ def _loop(run: Components, timer: Timer, stop: dict[str, str]) -> None:
                 f"of them changed the weights). Lower learner.lr, check the rewards (train/reward_*), or "
                 f"raise train.max_skipped_steps; the newest checkpoint holds the last good weights")
         if stop:
-            raise StopRequested(stop["signal"], step, saved or run.checkpointer.save(step, metrics))
+            raise StopRequested(stop["signal"], step, saved or run.checkpointer.save_or_report(step, metrics))
 
 
 def throughput(metrics: dict[str, float], samples: list, batch, *, gen_devices: int,

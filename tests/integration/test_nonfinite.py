@@ -64,3 +64,30 @@ def test_too_many_skipped_steps_in_a_row_stop_the_run(tiny_model_dir, tmp_path):
     with pytest.raises(RunStopped, match=r"2 steps in a row had a NaN or inf loss or gradient norm \(up to step 3"):
         run(tiny_model_dir, tmp_path, 6, f'{{"step": 2, "per_step": {PER_STEP}, "until": 5}}',
             "train.max_skipped_steps=2")
+
+
+def test_an_env_server_that_is_down_stops_the_run_with_a_message(tiny_model_dir, tmp_path):
+    """env.url names a port nothing listens on: every sample's request fails (after its retry) ->
+    reward 0 with error for all -> the run stops at step 1 naming the server, not 20 steps of 0."""
+    import socket
+
+    from nemo_rlvr.build import build_run
+    from nemo_rlvr.controller import RunStopped, train
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]           # closed again: nothing listens there
+    data = write_addition_prompts(tmp_path)
+    cfg = load_config(None, [f"model.path={tiny_model_dir}", "train.steps=3", f"output_dir={tmp_path}",
+                             f"data.source={data}", "env.name=digit_share", f"env.url=http://127.0.0.1:{port}",
+                             "env.max_retries=0", "cluster.mode=local", "train.prompts_per_step=2",
+                             "algorithm.group_size=2", "validation.every_steps=0", "validation.at_start=false",
+                             "checkpoint.export_hf=false", "checkpoint.resume=never"])
+    r = build_run(cfg)
+    try:
+        with pytest.raises(RunStopped, match=rf"4 of step 1's 4 samples got a verifier error \(env.max_error_rate=1\), "
+                                             rf"from the env server http://127.0.0.1:{port} \(is it up"):
+            train(r)
+    finally:
+        r.logger.close()
+        r.scorer.close()

@@ -331,3 +331,34 @@ def test_a_dead_generator_is_restarted_and_the_run_is_unchanged(reference, tiny_
     assert sum(restarts.values()) == 1 and restarts[3] == 0, restarts
     assert "generator replica(s) [0] died: restarted" in err
     assert_same_run(run, reference, ignore={"faults/generator_restarts"})
+
+
+def _limit_file_size(limit: int):
+    """preexec_fn: files may not grow past `limit` bytes; SIGXFSZ ignored, so a write past it
+    fails with EFBIG (an OSError) as on a full disk, instead of killing the process."""
+    import resource
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_the_previous_one_resumes(
+        reference, tiny_model_dir, data_file, tmp_path):
+    args = train_args(tiny_model_dir, data_file, tmp_path)
+    run = tmp_path / "tiny_cpu"
+    first = run_train(args[:-1] + ["checkpoint.resume=auto", "train.steps=2"], child_env())
+    assert first.returncode == 0, first.stderr[-3000:]          # step_2 is complete
+    proc = subprocess.Popen(args, env=child_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, preexec_fn=_limit_file_size(256 * 1024))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err[-3000:]                    # the learner's shard is > 256 KiB: step 4 fails
+    ck = run / "checkpoints"
+    assert f"writing checkpoint {ck / 'tmp_step_4'} failed: " in err and "GiB free in" in err
+    assert f"the newest complete checkpoint is {ck / 'step_2'}" in err and "Traceback" not in err
+    assert not (ck / "tmp_step_4").exists() and not (ck / "step_4").exists()
+    resumed = run_train(args, child_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {ck / 'step_2'}" in resumed.stdout
+    assert_same_run(run, reference)
