@@ -155,6 +155,52 @@ def vllm_kwargs(cfg: RunConfig, *, use_gpu: bool | None = None) -> dict:
     return out
 
 
+def dry_run(cfg: RunConfig, *, show: int = 3) -> list[str]:
+    """What `nemo-rlvr train --dry-run` checks and prints, without starting Ray or any worker: the
+    model folder, the data (read and checked: count, the first records), the environments the
+    records name, and the placement plan on the cluster the recipe declares (cluster.nodes x
+    cluster.gpus_per_node). Raises ConfigError (or the env registry's error) on the first problem."""
+    from nemo_rlvr.cluster import plan_placement
+    from nemo_rlvr.envs.registry import env_class
+    from nemo_rlvr.scoring.base import checked_options
+
+    lines = []
+    if cfg.model.path is not None:
+        lines.append(f"model: {resolve_model_dir(cfg)}")
+    else:
+        lines.append("model: the tiny Qwen2 (built and warm-started on first use, then cached)")
+    d = cfg.data
+    train = load_records(d.source, d, split="train", n=TRAIN_POOL, seed=cfg.seed)
+    val = load_records(d.val_source or d.source, d, split="val", n=d.val_size, seed=cfg.seed)[: d.val_size]
+    envs = sorted({r.get("env") or cfg.env.name for r in train + val} | {cfg.env.name})
+    if cfg.env.url:  # the server builds the environments
+        envs = [f"{', '.join(envs)} (scored by the env server at {cfg.env.url})"]
+    else:
+        for name in envs:
+            env_class(name, cfg.env.module)   # an unknown env: the registry's error names the setting
+        checked_options(cfg.env)
+    lines.append(f"data: {len(train)} training records from {d.source}, {len(val)} held-out from "
+                 f"{d.val_source or d.source}; environments: {', '.join(envs)}")
+    for r in train[:show]:
+        lines.append(f"  record: {json.dumps(r, default=str)[:200]}")
+    c, g = cfg.cluster, cfg.generation
+    if c.mode == "local":
+        lines.append("placement: cluster.mode=local (everything in this process)")
+    else:
+        actors = g.num_workers + cfg.learner.num_workers  # a local Ray gets a logical CPU per actor at least
+        node = {"CPU": float(c.num_cpus or max(os.cpu_count() or 1, actors, 2 * c.gpus_per_node))}
+        if c.gpus_per_node:
+            node["GPU"] = float(c.gpus_per_node)
+        plan = plan_placement(nodes=[dict(node) for _ in range(c.nodes)], placement=c.placement,
+                              num_generators=g.num_workers, gen_tp=g.tensor_parallel_size,
+                              num_learners=cfg.learner.num_workers)
+        lines.append(f"placement (cluster.nodes={c.nodes}, cluster.gpus_per_node={c.gpus_per_node}): "
+                     f"{plan.describe()}")
+        lines.append(f"weights: {transfer_backend(cfg, use_gpu=plan.use_gpu)}")
+    lines.append(f"run folder: {cfg.run_dir}")
+    return lines
+
+
 def load_val_prompts(cfg: RunConfig, tok) -> list:
     """The held-out prompts validation (and `nemo-rlvr eval`) scores."""
     d = cfg.data
@@ -179,6 +225,10 @@ def build_run(cfg: RunConfig) -> Components:
     train_recs = load_records(d.source, d, split="train", n=TRAIN_POOL, seed=cfg.seed)
     prompts = to_prompts(train_recs, tok, default_env=cfg.env.name, chat_template=d.chat_template)
     val_prompts = load_val_prompts(cfg, tok)
+    if not cfg.env.url:  # env.name must exist even when every record names its own env
+        from nemo_rlvr.envs.registry import env_class
+
+        env_class(cfg.env.name, cfg.env.module)
     scorer = make_scorer(cfg.env)
     generators, learner = make_workers(cfg, model_dir)
     state = RunState()

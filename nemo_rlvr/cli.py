@@ -3,6 +3,7 @@
     nemo-rlvr train                                   # the tiny CPU recipe (resumes when it can)
     nemo-rlvr train recipes/tiny_cpu.yaml learner.lr=1e-4 train.steps=10
     nemo-rlvr train --print-config algorithm.kl_coef=0.01
+    nemo-rlvr train --dry-run recipes/tiny_cpu_vllm.yaml     # config, data, envs, placement; starts nothing
     nemo-rlvr eval runs/tiny_cpu/checkpoints/step_60 --pass-k 1 4
     nemo-rlvr export runs/tiny_cpu/checkpoints/step_60 --to exported/
     nemo-rlvr plot runs/tiny_cpu
@@ -48,6 +49,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(recipe, overrides)
     if args.print_config:
         print(dump_config(cfg), end="")
+        return 0
+    if args.dry_run:
+        from nemo_rlvr.build import dry_run
+
+        for line in dry_run(cfg):
+            print(line)
+        print("dry run: config, model, data, environments and placement check out; nothing was started")
         return 0
     from nemo_rlvr.build import build_run
     from nemo_rlvr.checkpoint import CheckpointWriteError
@@ -183,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train with GRPO (default: the tiny CPU recipe)")
     p.add_argument("items", nargs="*", help="[RECIPE.yaml] [key.path=value ...]")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--dry-run", action="store_true", help="check config, model, data, environments and "
+                   "the placement plan on the recipe's cluster (cluster.nodes, cluster.gpus_per_node), "
+                   "start nothing")
     p.set_defaults(func=cmd_train)
     _add_tool_commands(sub)
 

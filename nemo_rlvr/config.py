@@ -45,6 +45,11 @@ class ClusterConfig(_Cfg):
     one CPU bundle per worker, and sleeping is a no-op."""
     object_store_mb: int = Field(512, ge=64)
     """Ray object store size for a local cluster, MiB (weight sync buckets live here)."""
+    nodes: int = Field(1, ge=1)
+    """The cluster this recipe is written for: nodes (`nemo-rlvr train --dry-run` plans on it)."""
+    gpus_per_node: int = Field(0, ge=0)
+    """The cluster this recipe is written for: GPUs per node, 0 for CPU only (--dry-run plans on it;
+    a real run plans on the Ray cluster it finds)."""
     max_restarts: int = Field(3, ge=0)
     """A generator actor that dies (OOM kill, crash, lost node) is restarted, given the current
     weights, and the step's prompts are generated again (`faults/generator_restarts`); after this

@@ -32,3 +32,35 @@ def test_cli_print_config():
                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     assert yaml.safe_load(res.stdout)["learner"]["lr"] == 0.5
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nemo_rlvr.cli", *args], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=120, check=False)
+
+
+def test_print_config_shows_what_a_preset_expanded_to():
+    alg = yaml.safe_load(cli("train", "--print-config", "algorithm.name=dapo").stdout)["algorithm"]
+    assert (alg["clip_high"], alg["dynamic_sampling"], alg["overlong_buffer_len"]) == (0.28, True, 1)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO_ROOT / "recipes").glob("*.yaml")))
+def test_every_recipe_passes_the_dry_run(recipe, tmp_path):
+    res = cli("train", "--dry-run", f"recipes/{recipe}", f"output_dir={tmp_path}")
+    assert res.returncode == 0, res.stderr
+    assert "dry run: config, model, data, environments and placement check out" in res.stdout
+    assert not (tmp_path).joinpath(yaml.safe_load(cli("train", "--print-config", f"recipes/{recipe}").stdout)["name"]).exists()
+
+
+def test_dry_run_plans_the_declared_gpu_cluster_and_says_what_does_not_fit():
+    ok = cli("train", "--dry-run", "generation.backend=vllm", "generation.num_workers=2",
+             "generation.tensor_parallel_size=2", "cluster.nodes=2", "cluster.gpus_per_node=4", "learner.num_workers=4")
+    assert ok.returncode == 0, ok.stderr
+    assert "Placement split on 2 nodes x 4 GPUs = 8 GPUs" in ok.stdout and "weights: nccl" in ok.stdout
+    bad = cli("train", "--dry-run", "generation.backend=vllm", "generation.num_workers=4",
+              "generation.tensor_parallel_size=2", "cluster.gpus_per_node=8", "learner.num_workers=4")
+    assert bad.returncode == 2 and "the 12 GPUs asked are 4 more than the 8 it has" in bad.stderr
+    missing = cli("train", "--dry-run", "data.source=/nonexistent.jsonl")
+    assert missing.returncode == 2 and "data.source='/nonexistent.jsonl'" in missing.stderr
+    unknown = cli("train", "--dry-run", "env.name=nope")
+    assert unknown.returncode == 2 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr

@@ -251,21 +251,26 @@ def test_a_second_sigterm_stops_at_once_and_the_last_checkpoint_resumes(referenc
     assert_same_run(run, reference)
 
 
+def kill_actor(cls: str) -> None:
+    """SIGKILL the one Ray actor process of class `cls` (its process title is `ray::<cls>...`)."""
+    import psutil
+
+    found = [p for p in psutil.process_iter(["cmdline"])
+             if any(f"ray::{cls}" in part for part in (p.info["cmdline"] or []))]
+    assert len(found) == 1, found
+    found[0].kill()
+
+
 def test_a_dead_learner_stops_the_run_fast_and_it_resumes_exactly(reference, tiny_model_dir, data_file, tmp_path):
     """SIGKILL the learner actor's process (an OOM kill): the driver exits non-zero within 30 s,
     naming the newest checkpoint and the command; that command then finishes the run exactly."""
     pytest.importorskip("ray")
-    import psutil
-
     args = train_args(tiny_model_dir, data_file, tmp_path, "cluster.mode=ray", "cluster.num_cpus=2")
     run = tmp_path / "tiny_cpu"
     proc = start(args, child_env())
     try:
         wait_for_step(proc, run, 3)
-        learners = [p for p in psutil.process_iter(["cmdline"])
-                    if any("ray::LearnerWorker" in part for part in (p.info["cmdline"] or []))]
-        assert len(learners) == 1, learners
-        learners[0].kill()
+        kill_actor("LearnerWorker")
         t0 = time.monotonic()
         out, err = proc.communicate(timeout=120)
         took = time.monotonic() - t0
@@ -310,17 +315,12 @@ def test_a_dead_generator_is_restarted_and_the_run_is_unchanged(reference, tiny_
     """SIGKILL the generator actor's process mid-run: the replica is restarted, takes the current
     weights, generates the step's prompts again, and the run ends with the reference's numbers."""
     pytest.importorskip("ray")
-    import psutil
-
     args = train_args(tiny_model_dir, data_file, tmp_path, "cluster.mode=ray", "cluster.num_cpus=2")
     run = tmp_path / "tiny_cpu"
     proc = start(args, child_env())
     try:
         wait_for_step(proc, run, 3)
-        gens = [p for p in psutil.process_iter(["cmdline"])
-                if any("ray::GeneratorWorker" in part for part in (p.info["cmdline"] or []))]
-        assert len(gens) == 1, gens
-        gens[0].kill()
+        kill_actor("GeneratorWorker")
         out, err = proc.communicate(timeout=600)
     finally:
         kill_group(proc)
