@@ -42,7 +42,7 @@ def run(name: str, steps: int, seed: int, out: Path, extra: list[str]) -> dict:
                "s_per_step": statistics.median(r["timing/step"] for r in steps_rows[1:]),
                "reward_last10": statistics.mean(r["train/reward_mean"] for r in steps_rows[-10:])}
     if name == "dapo":
-        out_row["rounds_mean"] = statistics.mean(r["rollout/dynamic_sampling_rounds"] for r in steps_rows)
+        out_row["rounds_mean"] = statistics.mean(r["rollout/resample_rounds"] for r in steps_rows)
     if "loss/value" in last:
         out_row["value_loss_first_last"] = (steps_rows[0]["loss/value"], last["loss/value"])
     return out_row

@@ -175,7 +175,7 @@ class DynamicSampler:
         """rollout/ metrics of this step's sampling."""
         short = self._decision is not None and self._decision.short
         return {
-            "rollout/dynamic_sampling_rounds": float(self.rounds),
+            "rollout/resample_rounds": float(self.rounds),
             "rollout/dropped_groups": float(self.dropped_groups),
-            "rollout/dynamic_sampling_short": float(short),
+            "rollout/resample_short": float(short),
         }

@@ -49,8 +49,8 @@ def test_preset_runs_two_steps_through_ray(name, tiny_model_dir, tmp_path):
     assert last["weight_sync/bytes"] > 0
     if name == "dapo":  # only informative groups are trained on, and it says how many rounds it took
         for r in rows:
-            assert r["rollout/dynamic_sampling_rounds"] >= 1 and "rollout/dropped_groups" in r
-            if r["rollout/dynamic_sampling_short"] == 0:
+            assert r["rollout/resample_rounds"] >= 1 and "rollout/dropped_groups" in r
+            if r["rollout/resample_short"] == 0:
                 assert r["rollout/zero_std_frac"] == 0.0
     if name == "ppo":
         assert all(r["loss/value"] > 0 for r in rows) and "critic/values_mean" in last

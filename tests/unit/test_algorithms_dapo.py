@@ -55,8 +55,8 @@ def test_dynamic_sampler_refills_until_target():
     assert (sampler.rounds, sampler.dropped_groups, sampler.seen_groups) == (2, 3, 6)
     assert sampler.kept_indices().tolist() == [0, 2, 4, 5, 8, 9]
     assert sampler.kept_group_ids().tolist() == [0, 0, 1, 1, 2, 2]
-    assert sampler.metrics() == {"rollout/dynamic_sampling_rounds": 2.0, "rollout/dropped_groups": 3.0,
-                                 "rollout/dynamic_sampling_short": 0.0}
+    assert sampler.metrics() == {"rollout/resample_rounds": 2.0, "rollout/dropped_groups": 3.0,
+                                 "rollout/resample_short": 0.0}
     with pytest.raises(RuntimeError, match="done"):
         sampler.add(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]))
 
@@ -71,7 +71,7 @@ def test_dynamic_sampler_exhausted_with_some_informative_groups():
     assert d2 == SamplingDecision(done=True, short=True, fallback=False, kept_groups=1, missing_groups=0)
     assert sampler.kept_indices().tolist() == [2, 3]  # the smaller batch: only the informative group
     assert sampler.dropped_groups == 2  # both flat groups
-    assert sampler.metrics()["rollout/dynamic_sampling_short"] == 1.0
+    assert sampler.metrics()["rollout/resample_short"] == 1.0
 
 
 def test_dynamic_sampler_all_flat_falls_back_to_last_round():
