@@ -170,8 +170,9 @@ def dry_run(cfg: RunConfig, *, show: int = 3) -> list[str]:
     else:
         lines.append("model: the tiny Qwen2 (built and warm-started on first use, then cached)")
     d = cfg.data
-    train = load_records(d.source, d, split="train", n=TRAIN_POOL, seed=cfg.seed)
-    val = load_records(d.val_source or d.source, d, split="val", n=d.val_size, seed=cfg.seed)[: d.val_size]
+    train = load_records(d.source, d, split="train", n=TRAIN_POOL, seed=cfg.seed, env=cfg.env)
+    val = load_records(d.val_source or d.source, d, split="val", n=d.val_size, seed=cfg.seed,
+                       env=cfg.env)[: d.val_size]
     envs = sorted({r.get("env") or cfg.env.name for r in train + val} | {cfg.env.name})
     if cfg.env.url:  # the server builds the environments
         envs = [f"{', '.join(envs)} (scored by the env server at {cfg.env.url})"]
@@ -204,8 +205,10 @@ def dry_run(cfg: RunConfig, *, show: int = 3) -> list[str]:
 def load_val_prompts(cfg: RunConfig, tok) -> list:
     """The held-out prompts validation (and `nemo-rlvr eval`) scores."""
     d = cfg.data
-    recs = load_records(d.val_source or d.source, d, split="val", n=d.val_size, seed=cfg.seed)[: d.val_size]
-    return to_prompts(recs, tok, default_env=cfg.env.name, chat_template=d.chat_template)
+    recs = load_records(d.val_source or d.source, d, split="val", n=d.val_size, seed=cfg.seed,
+                        env=cfg.env)[: d.val_size]
+    return to_prompts(recs, tok, default_env=cfg.env.name, chat_template=d.chat_template,
+                      system_prompt=d.system_prompt)
 
 
 def build_run(cfg: RunConfig) -> Components:
@@ -222,8 +225,9 @@ def build_run(cfg: RunConfig) -> Components:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     d = cfg.data
-    train_recs = load_records(d.source, d, split="train", n=TRAIN_POOL, seed=cfg.seed)
-    prompts = to_prompts(train_recs, tok, default_env=cfg.env.name, chat_template=d.chat_template)
+    train_recs = load_records(d.source, d, split="train", n=TRAIN_POOL, seed=cfg.seed, env=cfg.env)
+    prompts = to_prompts(train_recs, tok, default_env=cfg.env.name, chat_template=d.chat_template,
+                         system_prompt=d.system_prompt)
     val_prompts = load_val_prompts(cfg, tok)
     if not cfg.env.url:  # env.name must exist even when every record names its own env
         from nemo_rlvr.envs.registry import env_class
@@ -248,7 +252,7 @@ def build_run(cfg: RunConfig) -> Components:
         line = ckpt.restore(point, generators=generators, bucket_bytes=bucket_bytes)
         print(line, flush=True)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    return Components(cfg, generators, learner, scorer, loader, val_prompts, logger, ckpt, pad, state)
+    return Components(cfg, generators, learner, scorer, loader, val_prompts, logger, ckpt, pad, state, tok)
 
 
 # ---------------------------------------------------------------- standalone evaluation

@@ -1,4 +1,4 @@
-"""`nemo-rlvr` command line: train | eval | export | plot | verify | serve-env.
+"""`nemo-rlvr` command line: train | eval | export | plot | verify | serve-env | data.
 
     nemo-rlvr train                                   # the tiny CPU recipe (resumes when it can)
     nemo-rlvr train recipes/tiny_cpu.yaml learner.lr=1e-4 train.steps=10
@@ -9,6 +9,7 @@
     nemo-rlvr plot runs/tiny_cpu
     nemo-rlvr verify --env math --input in.jsonl --output out.jsonl
     nemo-rlvr serve-env --env math --port 8000
+    nemo-rlvr data prepare --from gsm8k gsm8k_train.jsonl --out data/gsm8k.jsonl
 
 User mistakes (config, files, env names) exit with status 2 and one paragraph on
 stderr naming the key and the fix; never a traceback.
@@ -185,6 +186,34 @@ def _add_tool_commands(sub) -> None:
     p.set_defaults(func=cmd_plot)
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from nemo_rlvr.data.convert import prepare
+
+    src, out = Path(args.input), Path(args.out)
+    report = prepare(args.format, src, out, answers=Path(args.answers) if args.answers else None,
+                     instruction=args.instruction)
+    for line in report.problems:
+        print(f"bad row: {line}", file=sys.stderr)
+    print(report.summary(src, out))
+    return 1 if report.problems else 0
+
+
+def _add_data_commands(sub) -> None:
+    from nemo_rlvr.data.convert import FORMATS
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("prepare", help="convert a public dataset file into our records (JSONL)")
+    p.add_argument("--from", dest="format", required=True, choices=FORMATS, help="the input's format")
+    p.add_argument("input", help="input file: JSONL (.gz ok), a JSON array, parquet, or a save_to_disk folder")
+    p.add_argument("--out", required=True, help="output JSONL of records {id, prompt, env, <env fields>}")
+    p.add_argument("--answers", help="bfcl: the possible_answer file (default: possible_answer/<same name> "
+                   "next to the input)")
+    p.add_argument("--instruction", help="text appended to math and code prompts (default: a line on the "
+                   "answer format; '' for none)")
+    p.set_defaults(func=cmd_data_prepare)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nemo-rlvr", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -205,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve-env", help="serve an environment over HTTP (POST /verify)")
     env_cli.add_serve_args(p)
     p.set_defaults(func=env_cli.serve_main)
+
+    _add_data_commands(sub)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

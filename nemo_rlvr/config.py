@@ -105,10 +105,32 @@ class ModelConfig(_Cfg):
 
 class DataConfig(_Cfg):
     source: str = "arithmetic"
-    """"arithmetic" (built-in procedural task) or a path to a JSONL/parquet file of
-    records {"prompt", "env", ...env fields}."""
+    """"arithmetic" (built-in procedural task); a JSONL/parquet file of records {"prompt", "env",
+    ...env fields} (or NeMo Gym rows); a Hugging Face save_to_disk folder; or hf:NAME[:CONFIG]
+    (datasets.load_dataset; needs hub access). Every record is checked against its env when loaded."""
     val_source: str | None = None
-    """Held-out validation file; None: the procedural task's held-out split."""
+    """Held-out validation data (same forms as source); None: source's data.val_split for a
+    DatasetDict or hub dataset, the procedural task's held-out split, or source itself for a file."""
+    split: str = "train"
+    """Split of a DatasetDict folder or hub dataset used for training."""
+    val_split: str = "test"
+    """Split of a DatasetDict folder or hub dataset used for validation."""
+    format: Literal["auto", "records", "nemo_gym"] = "auto"
+    """records: rows are our records; nemo_gym: NeMo Gym rows (prompt in responses_create_params.input,
+    verifier fields at the top level) converted on load; auto: a row with responses_create_params
+    and no prompt key is a NeMo Gym row."""
+    prompt_key: str = "prompt"
+    """Row field holding the prompt (a string or chat messages); dotted for nested fields (a.b)."""
+    answer_key: str | None = None
+    """Row field copied to the env field `answer` (e.g. expected_answer); None: the row has `answer`."""
+    field_map: dict[str, str] = {}
+    """Env field -> row field (dotted) it is copied from, e.g. {tests: test_list}."""
+    system_prompt: str | None = None
+    """Prepended to every prompt: a system message with the chat template (unless the record has one),
+    else the text and a blank line before the prompt."""
+    skip_bad_records: bool = False
+    """false: a record that fails its checks stops the run with every bad record listed; true: bad
+    records are dropped and counted in a warning."""
     num_digits: int = Field(2, ge=1, le=9)
     """Procedural arithmetic: digits per operand."""
     operations: tuple[Literal["+", "-", "*"], ...] = ("+",)
@@ -143,6 +165,14 @@ class GenerationConfig(_Cfg):
     has finish_reason "length"."""
     stop: tuple[str, ...] = ()
     """Stop strings (the EOS token always stops)."""
+    max_turns: int = Field(1, ge=1)
+    """Turns per episode: 1 is one prompt -> one response; more runs multi-turn episodes
+    (rollout/multiturn.py) against a multi-turn environment (envs/multiturn.py): the model's tool
+    calls are run and answered until it answers without a call or a budget runs out;
+    max_new_tokens is then the budget of one turn."""
+    max_episode_tokens: int = Field(1024, ge=2)
+    """Multi-turn: most tokens of a whole episode (prompt, turns, tool answers); past it the
+    episode ends with finish_reason "length"."""
     weight_sync_bucket_mb: float = Field(64.0, gt=0)
     """Weight sync bucket size, MiB: after each step the learner packs its parameters into flat
     buffers of this size (one dtype each) and sends them as generation.weight_transfer says."""
@@ -247,7 +277,7 @@ class AlgorithmConfig(_Cfg):
     prompts until train.prompts_per_step informative groups are in the batch; null: the preset's."""
     max_resample_rounds: int = Field(4, ge=1)
     """Dynamic sampling: most generation rounds per step; a step still short after them trains on
-    the informative groups it has (rollout/dynamic_sampling_short = 1)."""
+    the informative groups it has (rollout/resample_short = 1)."""
     overlong_buffer_len: int | Literal["quarter"] | None = None
     """DAPO soft overlong penalty: a response longer than max_len - buffer gets a reward penalty
     rising linearly to -1 at max_len (max_len: algorithm.overlong_max_len); 0: off; "quarter":
@@ -535,6 +565,12 @@ class RunConfig(_Cfg):
                 f"env.options={self.env.options!r} has no effect with env.url={self.env.url!r}: the "
                 f"server builds the environment. Start it with `nemo-rlvr serve-env --env-option "
                 f"KEY=VALUE`, and drop env.options here")
+        ws = self.model.warm_start.steps
+        if ws > 0 and self.model.path is None and self.data.source != "arithmetic":  # the tiny model's warm start
+            raise ValueError(
+                f"model.warm_start.steps={ws} with data.source={self.data.source!r}: the supervised warm "
+                f"start trains on the built-in arithmetic task only (the tiny recipe's). Set "
+                f"model.warm_start.steps=0, or use data.source=arithmetic")
         if self.model.path is None and self.model.dtype != "float32":
             raise ValueError("model.dtype=bfloat16 needs model.path; the tiny model trains in float32")
         return self

@@ -37,6 +37,7 @@ from nemo_rlvr.evaluate import evaluate
 from nemo_rlvr.learner.packing import collate
 from nemo_rlvr.logging import Timer
 from nemo_rlvr.metrics import logprob_mismatch, rollout_metrics
+from nemo_rlvr.scoring.base import Scores
 from nemo_rlvr.types import Prompt, Sample, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class Components:
     checkpointer: Any        # Checkpointer
     pad_id: int
     state: RunState
+    tokenizer: Any = None    # multi-turn rollouts render tool answers with its chat template
 
 
 def sampling_params(cfg: RunConfig, *, step: int, round: int = 0) -> SamplingParams:
@@ -147,6 +149,29 @@ def shaped_rewards(cfg: RunConfig, samples: list[Sample], scores: list) -> torch
         rewards = rewards + overlong_penalty(lengths, max_len=a.overlong_max_len or cfg.generation.max_new_tokens,
                                              buffer_len=a.overlong_buffer_len)
     return rewards
+
+
+def episodes(run: Components, prompts: list[Prompt], sp: SamplingParams) -> tuple[list[Sample], list, dict]:
+    """Multi-turn rollouts (generation.max_turns > 1) against the prompts' environments."""
+    from nemo_rlvr.envs.multiturn import is_multi_turn
+    from nemo_rlvr.envs.registry import env_class, get_env
+    from nemo_rlvr.rollout.multiturn import run_episodes
+
+    envs: dict[str, Any] = {}
+
+    def make_env(name: str):
+        if name not in envs:
+            if not is_multi_turn(env_class(name, run.cfg.env.module)):
+                raise RunStopped(f"generation.max_turns={run.cfg.generation.max_turns} needs multi-turn "
+                                 f"environments, and {name!r} is single-turn; use e.g. kv_store, or "
+                                 f"generation.max_turns=1")
+            options = run.cfg.env.options if name == run.cfg.env.name else {}
+            envs[name] = get_env(name, run.cfg.env.module, **options)
+        return envs[name]
+
+    g = run.cfg.generation
+    return run_episodes(run.generators.generate, run.tokenizer, prompts, make_env, sp, max_turns=g.max_turns,
+                        max_episode_tokens=g.max_episode_tokens)
 
 
 def without_truncated(batch, samples: list[Sample]):
@@ -213,12 +238,17 @@ def rollout(run: Components, step: int, timer: Timer, faults: dict[str, float]) 
     kept_samples, kept_scores, kept_rewards, verifier = [], [], [], {}
     need, rnd = cfg.train.prompts_per_step, 0
     while True:
-        with timer("generate"):
-            prompts = run.loader.next_batch(need)
-            sp = sampling_params(cfg, step=step, round=rnd)
-            samples = surviving(run, faults, lambda: run.generators.generate(prompts, sp))            # B*G
-        with timer("score"):
-            scores = run.scorer.score(samples)          # never raises; .metrics: verifier/*
+        prompts = run.loader.next_batch(need)
+        sp = sampling_params(cfg, step=step, round=rnd)
+        if cfg.generation.max_turns > 1:  # episodes over turns: the environment scores them
+            with timer("generate"):
+                samples, scores, turn_metrics = surviving(run, faults, lambda: episodes(run, prompts, sp))
+            scores = Scores(scores, turn_metrics)
+        else:
+            with timer("generate"):
+                samples = surviving(run, faults, lambda: run.generators.generate(prompts, sp))        # B*G
+            with timer("score"):
+                scores = run.scorer.score(samples)          # never raises; .metrics: verifier/*
         for k, v in scores.metrics.items():
             verifier[k] = verifier.get(k, 0.0) + v      # counters of every round
         rewards = shaped_rewards(cfg, samples, scores)                                         # [B*G]
@@ -252,8 +282,16 @@ def advantages(cfg: RunConfig, batch, rewards: torch.Tensor, groups: torch.Tenso
 
 
 def validate(run: Components, step: int) -> dict[str, float]:
-    """Greedy accuracy (and sampled pass@k when configured) on the held-out prompts."""
+    """Greedy accuracy (and sampled pass@k when configured) on the held-out prompts; multi-turn:
+    the share of greedy episodes the environment rewards 1, and their turns."""
     g = run.cfg.generation
+    if g.max_turns > 1:
+        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=g.max_new_tokens, stop=g.stop,
+                                seed=10_000_019 + step)
+        _, scores, turns = episodes(run, run.val_prompts, greedy)
+        return {"val/accuracy": sum(s.reward >= 1.0 for s in scores) / max(len(scores), 1),
+                "val/reward_mean": sum(s.reward for s in scores) / max(len(scores), 1),
+                "val/turns_mean": turns["rollout/turns_mean"]}
     return evaluate(run.generators, run.scorer, run.val_prompts, max_new_tokens=g.max_new_tokens, stop=g.stop,
                     temperature=g.temperature, top_p=g.top_p, pass_k=run.cfg.validation.pass_k,
                     seed=10_000_019 + step)

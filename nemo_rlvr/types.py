@@ -45,6 +45,9 @@ class Sample:
     fields: Mapping[str, Any] = field(default_factory=dict)
     prompt_text: str = ""
     uid: int = 0
+    response_mask: list[bool] | None = None
+    """Multi-turn episodes: True on the model's own tokens of `response_ids`, False on the
+    environment's (tool answers, chat-template markers); None: every response token is the model's."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from nemo_rlvr.envs.base import Score, register_env
+from nemo_rlvr.envs.base import FieldSpec, Score, register_env
 
 _INT = re.compile(r"-?\d+")
 
@@ -18,6 +18,14 @@ _INT = re.compile(r"-?\d+")
 @register_env("arithmetic")
 class ArithmeticEnv:
     name = "arithmetic"
+    fields = {"answer": FieldSpec((int, str), "the integer answer, e.g. 46 or \"46\"")}
+
+    @staticmethod
+    def check_fields(fields: Mapping[str, Any]) -> str | None:
+        answer = fields["answer"]
+        if isinstance(answer, str) and not _INT.fullmatch(answer.strip()):
+            return f"field 'answer'={answer!r:.40} is not an integer; expected the integer answer, e.g. 46"
+        return None
 
     def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
         if "answer" not in fields:

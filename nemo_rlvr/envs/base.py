@@ -14,18 +14,26 @@ Users add environments from their own module (`env.module=my_pkg.my_env`):
     @register_env("my_env")
     class MyEnv:
         name = "my_env"
+        fields = {"answer": FieldSpec((str,), "the reference answer, a string")}
         def score_record(self, response: str, fields: Mapping[str, Any]) -> Score: ...
+
+`fields` (optional) declares the record fields the environment reads: their JSON types and,
+in words, what they should hold. A static `check_fields(fields) -> str | None` (optional)
+checks deeper (a schema that parses, a known task name). Datasets are checked against both
+when they are loaded (data/checks.py), so a record lacking its env's fields fails before
+training instead of scoring 0 on every step.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from nemo_rlvr.types import Score
 
-__all__ = ["ENVIRONMENTS", "Environment", "Score", "cores_per_sample", "register_env"]
+__all__ = ["ENVIRONMENTS", "Environment", "FieldSpec", "Score", "cores_per_sample", "register_env"]
 
 
 class Environment(Protocol):
@@ -34,6 +42,19 @@ class Environment(Protocol):
     def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
         """Score one response against its env fields; should not raise for bad responses."""
         ...
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One record field an environment reads (the class attribute `fields` maps names to these)."""
+
+    types: tuple[type, ...]
+    """Accepted Python types of the JSON value: str, int, float, bool, list, dict (an int is never a
+    bool; float also accepts an int)."""
+    expect: str
+    """What the field should hold, in words, for error messages ("a non-empty list of ...")."""
+    required: bool = True
+    """False: the field may be absent or null."""
 
 
 E = TypeVar("E")

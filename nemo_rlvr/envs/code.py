@@ -28,7 +28,7 @@ from typing import Annotated, Any
 import pydantic
 from annotated_types import Ge, Gt
 
-from nemo_rlvr.envs.base import Score, cores_per_sample, register_env
+from nemo_rlvr.envs.base import FieldSpec, Score, cores_per_sample, register_env
 from nemo_rlvr.envs.sandbox import SandboxError, SandboxMode, run_sandboxed
 
 # A fence line: up to 3 spaces, 3+ backticks, then the info string (CommonMark).
@@ -202,6 +202,20 @@ def prepare_test(test: str) -> tuple[str, bool]:
 @register_env("code")
 class CodeEnv:
     name = "code"
+    fields = {"tests": FieldSpec((list,), "a non-empty list of Python source strings (assert statements "
+                                 "or small scripts)"),
+              "entry_point": FieldSpec((str,), "the name of the function the tests call", required=False)}
+
+    @staticmethod
+    def check_fields(fields: Mapping[str, Any]) -> str | None:
+        bad = _read_fields(fields)[2]
+        if bad is None:
+            try:
+                for t in fields["tests"]:
+                    prepare_test(t)
+            except SyntaxError as e:
+                return f"a test in field 'tests' is not valid Python ({e.msg}, line {e.lineno})"
+        return bad
 
     @pydantic.validate_call
     def __init__(self, timeout_s: Annotated[float, Gt(0)] = 5.0, memory_mb: Annotated[int, Ge(16)] = 1024,

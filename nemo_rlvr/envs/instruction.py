@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from nemo_rlvr.envs.base import Score, register_env
+from nemo_rlvr.envs.base import FieldSpec, Score, register_env
 
 _BULLET = re.compile(r"^\s*[*-]\s+\S")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
@@ -129,6 +129,20 @@ class InstructionEnv:
     """Reward 1 iff every instruction in `instructions` holds for the response."""
 
     name = "instruction"
+    fields = {"instructions": FieldSpec((list, str), 'a list of {"type": NAME, ...params} objects '
+                                        "(INSTRUCTION_TYPES.md), or that list JSON-encoded")}
+
+    @staticmethod
+    def check_fields(fields: Mapping[str, Any]) -> str | None:
+        insts = fields["instructions"]
+        if isinstance(insts, str):
+            try:
+                insts = json.loads(insts)
+            except ValueError:
+                return "field 'instructions' is a string that is not valid JSON; expected a list of instructions"
+        if not isinstance(insts, list):
+            return f"field 'instructions' is a JSON {type(insts).__name__}; expected a list of instructions"
+        return next(filter(None, (check_instruction(i, inst) for i, inst in enumerate(insts))), None)
 
     def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
         if "instructions" not in fields:

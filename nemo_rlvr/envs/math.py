@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from nemo_rlvr.envs.base import Score, register_env
+from nemo_rlvr.envs.base import FieldSpec, Score, register_env
 
 MAX_ANSWER_CHARS = 2000
 """A final answer longer than this is not parsed (scores 0): no real answer is that long,
@@ -373,6 +373,15 @@ class MathEnv:
     """Reward 1 iff the response's final answer exactly equals `answer` (see module docstring)."""
 
     name = "math"
+    fields = {"answer": FieldSpec((str, int, float), 'the reference answer: a non-empty string such as "42" '
+                                  'or "\\frac{1}{2}", or a number')}
+
+    @staticmethod
+    def check_fields(fields: Mapping[str, Any]) -> str | None:
+        if _gold_text(fields["answer"]) is None:
+            return (f"field 'answer'={fields['answer']!r:.60} is empty; expected the reference answer, a "
+                    f"non-empty string such as \"42\" or a number")
+        return None
 
     def __init__(self) -> None:
         import math_verify  # noqa: F401  (slow first import: pay it at construction, not per sample)

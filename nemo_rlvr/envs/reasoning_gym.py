@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from nemo_rlvr.envs.base import Score, register_env
+from nemo_rlvr.envs.base import FieldSpec, Score, register_env
 
 ANSWER_INSTRUCTION = "\n\nGive only your final answer inside <answer></answer> tags."
 
@@ -140,6 +140,10 @@ class ReasoningGymEnv:
     """Reward = the task's own `score_answer(extracted answer, entry)`."""
 
     name = "reasoning_gym"
+    fields = {"task": FieldSpec((str,), "a reasoning-gym dataset name such as 'basic_arithmetic'"),
+              "entry": FieldSpec((dict,), 'the dataset item {"question", "answer", "metadata": {...}}'),
+              "config": FieldSpec((dict,), "an object of dataset options", required=False)}
+    check_fields = staticmethod(_field_error)
 
     def __init__(self) -> None:
         import reasoning_gym  # noqa: F401  (seconds to import: pay it at construction, not per sample)

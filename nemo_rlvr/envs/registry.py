@@ -6,6 +6,8 @@
     get_env(name, module, **options)     -> an instance
     check_env_options(name, module, options) -> options as the constructor takes them, or
                                             EnvOptionError naming env.options.KEY and the fix
+    field_error(cls, fields)             -> why a record's env fields do not fit the env's
+                                            declared `fields` / `check_fields`, or None
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Any
 
 import pydantic
 
-from nemo_rlvr.envs import arithmetic, code, instruction, math, reasoning_gym, tool_call  # noqa: F401  (register)
-from nemo_rlvr.envs.base import ENVIRONMENTS, Environment
+from nemo_rlvr.envs import arithmetic, code, instruction, math, multiturn, reasoning_gym, tool_call  # noqa: F401  (register)
+from nemo_rlvr.envs.base import ENVIRONMENTS, Environment, FieldSpec
 
 
 class UnknownEnvError(ValueError):
@@ -95,3 +97,42 @@ def check_env_options(name: str, module: str | None, options: Mapping[str, Any])
         raise EnvOptionError(f"env.options: environment {name!r} needs option {missing[0]!r} "
                              f"(it takes {accepted}); set env.options.{missing[0]}=VALUE.")
     return out
+
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type ("null", "string", "array", ...)."""
+    if value is None:
+        return "null"
+    return next((n for t, n in _JSON_TYPES.items() if type(value) is t), type(value).__name__)
+
+
+def _fits(value: Any, spec: FieldSpec) -> bool:
+    if isinstance(value, bool):
+        return bool in spec.types
+    if isinstance(value, int) and float in spec.types:
+        return True
+    return isinstance(value, tuple(t for t in spec.types if t is not bool))
+
+
+def field_error(cls: type, fields: Mapping[str, Any]) -> str | None:
+    """Why `fields` (a record's env fields) do not fit environment `cls`, naming the field and
+    what it should hold; None when they fit or the env declares nothing (a plug-in without
+    `fields`). Checks the declared `fields` (presence, JSON type), then `check_fields`."""
+    specs: Mapping[str, FieldSpec] = getattr(cls, "fields", None) or {}
+    for key, spec in specs.items():
+        value = fields.get(key)
+        if value is None:
+            if spec.required:
+                how = "is missing" if key not in fields else "is null"
+                return f"field {key!r} {how}; expected {spec.expect}"
+            continue
+        if not _fits(value, spec):
+            return f"field {key!r} is a JSON {json_type(value)}; expected {spec.expect}"
+    check = getattr(cls, "check_fields", None)
+    if check is None:
+        return None
+    present = {k: v for k, v in fields.items() if not (k in specs and v is None and not specs[k].required)}
+    return check(present)

@@ -18,6 +18,13 @@ OpenAI `{"function": {...}}` wrapper is accepted). Rules (VERIFIER_CONTRACT.md, 
   are the same number. Extra or missing arguments -> 0.
 - Every call must name a tool in `tools` and satisfy its JSON schema (jsonschema).
 - `expected_calls: []`: plain text scores 1; any call, well-formed or not, scores 0.
+- Several acceptable answers (BFCL's form): an expected call may give `"options": {"arg":
+  [v1, v2]}` instead of `"arguments"`; the call's value must equal one of them (same
+  exactness). Arguments in `"optional": [...]` may be left out; any other argument outside
+  `options` is extra. Each call pairs with a different expected call (a bipartite matching).
+- `"string_match": "normalized"` (opt-in per record, for data converted from BFCL): strings,
+  also inside arrays and objects, have spaces and ,./-_*^ removed, are lower-cased and ' becomes "
+  on both sides before they compare; types must still match.
 
 Components: `format_ok`, `schema_ok`, `names_match` (same multiset of tool names),
 `args_match` (same multiset of calls). Reward 1 iff all four hold.
@@ -32,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nemo_rlvr.envs.base import Score, register_env
+from nemo_rlvr.envs.base import FieldSpec, Score, register_env
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _TAG = re.compile(r"<\s*/?\s*tool_call\w*[^<>]*>?", re.IGNORECASE)
@@ -187,16 +194,59 @@ def load_tools(value: Any) -> dict[str, Any]:
     return out
 
 
-def load_expected(value: Any, tools: Mapping[str, Any]) -> list[Call]:
+@dataclass(frozen=True)
+class ExpectedCall:
+    """An expected call: the acceptable values of each argument (canonical forms) and the
+    arguments that may be left out. `{"arguments": {...}}` is one option per argument, none optional."""
+
+    name: str
+    options: dict[str, list[Any]]
+    optional: frozenset[str]
+
+
+def _check_option(tool: Any, arg: str, value: Any, where: str, name: str) -> None:
+    """An option must fit the tool's schema for its argument (other arguments aside)."""
+    errors = [e for e in tool.iter_errors({arg: value}) if list(e.path)[:1] == [arg]]
+    if errors:
+        raise FieldError(f"{where} option {value!r:.60} of {arg!r} does not satisfy the schema of {name!r}: "
+                         f"{errors[0].message}; fix the expected call or the schema")
+
+
+def _expected_options(fn: Mapping[str, Any], i: int, tool: Any) -> ExpectedCall:
+    where = f"expected_calls[{i}]"
+    options, optional = fn.get("options"), fn.get("optional", [])
+    if not isinstance(options, dict) or not all(isinstance(v, list) for v in options.values()):
+        raise FieldError(f'{where}.options must be an object {{"arg": [acceptable values, ...]}}')
+    if not isinstance(optional, list) or not all(isinstance(a, str) for a in optional):
+        raise FieldError(f"{where}.optional must be a list of argument names")
+    for arg, values in options.items():
+        if not values and arg not in optional:
+            raise FieldError(f"{where}.options[{arg!r}] is empty and {arg!r} is not optional: no call can match")
+    for arg, values in options.items():
+        for v in values:
+            _check_option(tool, arg, v, where, fn["name"])
+    return ExpectedCall(fn["name"], {a: list(v) for a, v in options.items()}, frozenset(optional))
+
+
+def load_expected(value: Any, tools: Mapping[str, Any]) -> list[ExpectedCall]:
     expected = _as_json(value, "expected_calls")
     if not isinstance(expected, list):
-        raise FieldError('env field \'expected_calls\' must be a list of {"name", "arguments"} '
-                         "objects ([] when no call is expected)")
+        raise FieldError('env field \'expected_calls\' must be a list of {"name", "arguments"} (or {"name", '
+                         '"options", "optional"}) objects ([] when no call is expected)')
     calls = []
     for i, c in enumerate(expected):
         fn = c.get("function", c) if isinstance(c, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise FieldError(f'expected_calls[{i}] must be {{"name": str, "arguments": {{...}}}}')
+            raise FieldError(f'expected_calls[{i}] must be {{"name": str, "arguments": {{...}}}} or '
+                             f'{{"name": str, "options": {{"arg": [values]}}, "optional": [args]}}')
+        if fn["name"] not in tools:
+            raise FieldError(f"expected_calls[{i}] calls {fn['name']!r}, which is not in 'tools'; "
+                             f"add its schema to 'tools'")
+        if "options" in fn:
+            if "arguments" in fn:
+                raise FieldError(f"expected_calls[{i}] has both 'arguments' and 'options'; give one of them")
+            calls.append(_expected_options(fn, i, tools[fn["name"]]))
+            continue
         args = fn.get("arguments", {})
         if isinstance(args, str):
             try:
@@ -205,15 +255,74 @@ def load_expected(value: Any, tools: Mapping[str, Any]) -> list[Call]:
                 args = None
         if not isinstance(args, dict):
             raise FieldError(f"expected_calls[{i}].arguments must be a JSON object")
-        if fn["name"] not in tools:
-            raise FieldError(f"expected_calls[{i}] calls {fn['name']!r}, which is not in 'tools'; "
-                             f"add its schema to 'tools'")
         err = next(iter(tools[fn["name"]].iter_errors(args)), None)
         if err is not None:
             raise FieldError(f"expected_calls[{i}].arguments do not satisfy the schema of "
                              f"{fn['name']!r}: {err.message}; fix the expected call or the schema")
-        calls.append(Call(fn["name"], args))
+        calls.append(ExpectedCall(fn["name"], {a: [v] for a, v in args.items()}, frozenset()))
     return calls
+
+
+_BFCL_STRIP = re.compile(r"[ ,./\-_*^]")
+
+
+def normalize_strings(value: Any) -> Any:
+    """BFCL's string rule on every string in a JSON value: spaces and ,./-_*^ removed,
+    lower-cased, ' -> ". Object keys are left alone."""
+    if isinstance(value, str):
+        return _BFCL_STRIP.sub("", value).lower().replace("'", '"')
+    if isinstance(value, list):
+        return [normalize_strings(v) for v in value]
+    if isinstance(value, dict):
+        return {k: normalize_strings(v) for k, v in value.items()}
+    return value
+
+
+def _key(value: Any, normalized: bool) -> Any:
+    return canonical(normalize_strings(value) if normalized else value)
+
+
+def call_matches(call: Call, exp: ExpectedCall, *, normalized: bool = False) -> bool:
+    """Whether `call` is one that `exp` accepts (VERIFIER_CONTRACT.md "tool_call")."""
+    if call.name != exp.name or not set(call.arguments) <= set(exp.options):
+        return False
+    if any(a not in call.arguments for a in exp.options if a not in exp.optional):
+        return False
+    return all(_key(v, normalized) in {_key(o, normalized) for o in exp.options[a]}
+               for a, v in call.arguments.items())
+
+
+def calls_match(calls: Sequence[Call], expected: Sequence[ExpectedCall], *, normalized: bool) -> bool:
+    """A one-to-one pairing of calls and expected calls exists (a multiset match; order free)."""
+    if len(calls) != len(expected):
+        return False
+    fits = [[j for j, e in enumerate(expected) if call_matches(c, e, normalized=normalized)] for c in calls]
+    owner: dict[int, int] = {}   # expected index -> call index (Kuhn's augmenting paths)
+
+    def assign(i: int, seen: set[int]) -> bool:
+        for j in fits[i]:
+            if j not in seen:
+                seen.add(j)
+                if j not in owner or assign(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    return all(assign(i, set()) for i in range(len(calls)))
+
+
+STRING_MODES = ("exact", "normalized")
+
+
+def string_mode(fields: Mapping[str, Any]) -> str:
+    """The record's `string_match` ("exact" when absent or null)."""
+    mode = fields.get("string_match")
+    if mode is None:
+        return "exact"
+    if mode not in STRING_MODES:
+        raise FieldError(f"env field 'string_match'={mode!r:.40} is not allowed; expected \"exact\" (the "
+                         f"default) or \"normalized\" (BFCL's string rule)")
+    return mode
 
 
 # ---------------------------------------------------------------- environment
@@ -224,6 +333,20 @@ class ToolCallEnv:
     """Reward 1 iff the well-formed calls equal `expected_calls` as a multiset (module docstring)."""
 
     name = "tool_call"
+    fields = {"tools": FieldSpec((list, str), 'a list of function schemas [{"type": "function", "function": '
+                                 '{"name", "parameters"}}] (or that list JSON-encoded)'),
+              "expected_calls": FieldSpec((list, str), 'a list of {"name", "arguments"} or {"name", "options", '
+                                          '"optional"} objects, [] when no call is expected'),
+              "string_match": FieldSpec((str,), '"exact" or "normalized"', required=False)}
+
+    @staticmethod
+    def check_fields(fields: Mapping[str, Any]) -> str | None:
+        try:
+            load_expected(fields["expected_calls"], load_tools(fields["tools"]))
+            string_mode(fields)
+        except FieldError as e:
+            return str(e)
+        return None
 
     def score_record(self, response: str, fields: Mapping[str, Any]) -> Score:
         for key in ("tools", "expected_calls"):
@@ -233,6 +356,7 @@ class ToolCallEnv:
         try:
             tools = load_tools(fields["tools"])
             expected = load_expected(fields["expected_calls"], tools)
+            normalized = string_mode(fields) == "normalized"
         except FieldError as e:
             return Score(0.0, dict(_ZERO), str(e))
         if not isinstance(response, str):
@@ -244,12 +368,7 @@ class ToolCallEnv:
         format_ok = format_error is None
         schema_ok = all(c.name in tools and tools[c.name].is_valid(c.arguments) for c in calls)
         names_match = Counter(c.name for c in calls) == Counter(c.name for c in expected)
-        args_match = format_ok and _multiset(calls) == _multiset(expected)
+        args_match = format_ok and calls_match(calls, expected, normalized=normalized)
         comps = {"format_ok": float(format_ok), "schema_ok": float(schema_ok),
                  "names_match": float(names_match), "args_match": float(args_match)}
         return Score(float(all(comps.values())), comps)
-
-
-
-def _multiset(calls: Sequence[Call]) -> Counter:
-    return Counter((c.name, canonical(c.arguments)) for c in calls)

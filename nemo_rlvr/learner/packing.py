@@ -56,6 +56,8 @@ def collate(samples: Sequence[Sample], adv: Tensor, *, pad_id: int) -> TrainBatc
         input_ids[i, : p + r] = torch.tensor(list(s.prompt_ids) + list(s.response_ids))
         attn[i, : p + r] = True
         loss_mask[i, p - 1 : p - 1 + r] = True       # targets p .. p+r-1 are the response
+        if s.response_mask is not None:              # multi-turn: the model's tokens only
+            loss_mask[i, p - 1 : p - 1 + r] = torch.tensor(s.response_mask, dtype=torch.bool)
         logp_gen[i, p - 1 : p - 1 + r] = torch.tensor(s.logprobs, dtype=torch.float32)
     return TrainBatch(input_ids, attn, loss_mask, logp_gen, adv.to(torch.float32))
 

@@ -116,10 +116,20 @@ def create_app(env_name: str, cfg: EnvConfig, *, max_body_mb: float = DEFAULT_MA
         b = state["batcher"]
         return {**b.totals, "verifier/queued": float(b.pending), "verifier/rejected": float(b.rejected)}
 
+    sessions = _sessions(env_name, cfg)
+
     @app.post("/verify", openapi_extra=VERIFY_REQUEST, responses=VERIFY_RESPONSES,
               response_class=_JSON)
     async def verify(request: Request) -> _JSON:
-        """Score one record, a batch `{"records": [...]}`, or a NeMo Gym verify request."""
+        """Score one record, a batch `{"records": [...]}`, or a NeMo Gym verify request (of a
+        multi-turn session when it carries the session cookie: scoring/gym_sessions.py)."""
+        if sessions is not None and sessions.has(request):
+            from nemo_rlvr.scoring.gym_sessions import session_verify
+
+            body = parse_body(await read_body(request, max_bytes, max_body_mb))
+            if not isinstance(body, dict) or not isinstance(body.get("response"), dict):
+                raise HTTPException(422, "a session's /verify needs a NeMo Gym verify request with 'response'.")
+            return _JSON(session_verify(sessions, request, body, last_message_text(body["response"].get("output"))))
         batcher = state["batcher"]
         if batcher.pending >= max_queue:  # full: do not even read the body
             raise batcher.busy(max_queue)
@@ -132,7 +142,38 @@ def create_app(env_name: str, cfg: EnvConfig, *, max_body_mb: float = DEFAULT_MA
             raise batcher.busy(max_queue)
         return _JSON(render(await batcher.score(samples)))
 
+    if sessions is not None:  # after /verify, /health, /metrics: /{tool_name} would shadow them
+        from nemo_rlvr.scoring.gym_sessions import add_session_routes
+
+        async def read_json(request: Request) -> dict[str, Any]:
+            body = parse_body(await read_body(request, max_bytes, max_body_mb))
+            if not isinstance(body, dict):
+                raise HTTPException(422, f"the body must be a JSON object, got {type(body).__name__}.")
+            return body
+
+        add_session_routes(app, sessions, read_json)
     return app
+
+
+def _sessions(env_name: str, cfg: EnvConfig):
+    """A session store when `env_name` is a multi-turn environment (served in NeMo Gym's shape)."""
+    from nemo_rlvr.envs.multiturn import is_multi_turn
+    from nemo_rlvr.envs.registry import env_class, get_env
+
+    if cfg.url or not is_multi_turn(env_class(env_name, cfg.module)):
+        return None
+    from nemo_rlvr.scoring.gym_sessions import Sessions
+
+    return Sessions(get_env(env_name, cfg.module, **dict(cfg.options)))
+
+
+def last_message_text(output: Any) -> str:
+    """The text of the last assistant message in a Responses `output` list (the episode's answer)."""
+    texts = [c["text"] for item in (output if isinstance(output, list) else [])
+             if isinstance(item, dict) and item.get("type") == "message" and item.get("role", "assistant") == "assistant"
+             for c in (item.get("content") if isinstance(item.get("content"), list) else [])
+             if isinstance(c, dict) and c.get("type") == "output_text" and isinstance(c.get("text"), str)]
+    return texts[-1] if texts else ""
 
 
 async def read_body(request: Request, max_bytes: int, max_body_mb: float) -> bytes:
