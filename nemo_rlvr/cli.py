@@ -100,7 +100,9 @@ def _resume_hint(cfg) -> str:
     from nemo_rlvr.checkpoint import find_latest
 
     latest = find_latest(cfg.run_dir / "checkpoints")
-    command = " ".join(["nemo-rlvr", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else "the same command"
+    # a launcher names its own command (its cluster.address is one-off): launch/local.sh, ray.sbatch
+    command = os.environ.get("NEMO_RLVR_RESUME_COMMAND") or (
+        " ".join(["nemo-rlvr", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else "the same command")
     if latest is None:
         return f"No complete checkpoint yet: `{command}` starts the run again."
     return f"The newest complete checkpoint is {latest}; `{command}` resumes from it (checkpoint.resume=auto)."
