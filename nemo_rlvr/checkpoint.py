@@ -95,6 +95,22 @@ def _os_error(e: BaseException) -> OSError | None:
     return None
 
 
+def _interrupted(e: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is behind `e` (in DCP's per-rank failures or the cause chain)."""
+    for _ in range(8):
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        failures = getattr(e, "failures", None)
+        if isinstance(failures, dict) and failures:
+            e = next(iter(failures.values()))
+            e = e[0] if isinstance(e, tuple) else e
+        else:
+            e = getattr(e, "cause", None) or e.__cause__
+        if e is None:
+            return False
+    return False
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -333,6 +349,8 @@ class Checkpointer:
         except BaseException as e:  # torch.distributed.checkpoint's CheckpointException is a BaseException
             if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
                 raise
+            if _interrupted(e):  # a second Ctrl-C / SIGTERM inside DCP's writer, which wraps it
+                raise KeyboardInterrupt("during a checkpoint write") from e
             cause = _os_error(e) or e
             tmp = self.root / f"tmp_step_{step}"
             shutil.rmtree(tmp, ignore_errors=True)

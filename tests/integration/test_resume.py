@@ -251,12 +251,13 @@ def test_a_second_sigterm_stops_at_once_and_the_last_checkpoint_resumes(referenc
     assert_same_run(run, reference)
 
 
-def kill_actor(cls: str) -> None:
-    """SIGKILL the one Ray actor process of class `cls` (its process title is `ray::<cls>...`)."""
+def kill_actor(driver: subprocess.Popen, cls: str) -> None:
+    """SIGKILL the one Ray actor process of class `cls` (its process title is `ray::<cls>...`) of
+    this driver's cluster (the local Ray's raylet, hence its workers, descend from the driver)."""
     import psutil
 
-    found = [p for p in psutil.process_iter(["cmdline"])
-             if any(f"ray::{cls}" in part for part in (p.info["cmdline"] or []))]
+    found = [p for p in psutil.Process(driver.pid).children(recursive=True)
+             if any(f"ray::{cls}" in part for part in (p.cmdline() or []))]
     assert len(found) == 1, found
     found[0].kill()
 
@@ -270,7 +271,7 @@ def test_a_dead_learner_stops_the_run_fast_and_it_resumes_exactly(reference, tin
     proc = start(args, child_env())
     try:
         wait_for_step(proc, run, 3)
-        kill_actor("LearnerWorker")
+        kill_actor(proc, "LearnerWorker")
         t0 = time.monotonic()
         out, err = proc.communicate(timeout=120)
         took = time.monotonic() - t0
@@ -320,7 +321,7 @@ def test_a_dead_generator_is_restarted_and_the_run_is_unchanged(reference, tiny_
     proc = start(args, child_env())
     try:
         wait_for_step(proc, run, 3)
-        kill_actor("GeneratorWorker")
+        kill_actor(proc, "GeneratorWorker")
         out, err = proc.communicate(timeout=600)
     finally:
         kill_group(proc)

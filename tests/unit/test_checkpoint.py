@@ -225,3 +225,20 @@ def test_newer_checkpoints_are_set_aside_when_resuming_an_older_one(tmp_path, ti
     assert names[0].startswith("stale_step_4-") and names[1].startswith("stale_step_6-")
     assert names[2:] == ["step_2"]
     assert find_latest(ck.root) == ck.root / "step_2"
+
+
+def test_causes_behind_torch_dcp_failures_are_found():
+    """DCP wraps a rank's failure in a CheckpointException (a BaseException) with `failures`:
+    a disk error is reported as one, a Ctrl-C inside the writer stays a Ctrl-C."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from nemo_rlvr.checkpoint import _interrupted, _os_error
+
+    disk = CheckpointException("ranks", {0: (OSError(28, "No space left on device"), None)})
+    assert isinstance(_os_error(disk), OSError) and _os_error(disk).errno == 28 and not _interrupted(disk)
+    ctrl_c = CheckpointException("ranks", {0: (KeyboardInterrupt(), None)})
+    assert _interrupted(ctrl_c) and _os_error(ctrl_c) is None
+    try:
+        raise RuntimeError("ray task failed") from OSError(5, "I/O error")
+    except RuntimeError as e:
+        assert _os_error(e).errno == 5
