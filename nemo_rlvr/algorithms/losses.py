@@ -217,17 +217,11 @@ def clipped_pg_loss(
         bound = -clip_c * a  # [N, 1] or [N, T]; > 0 where A < 0
         dual = (a < 0) & (pg > bound)  # [N, T]
         pg = torch.where(dual, bound, pg)  # [N, T]; the bound is constant: no gradient there
-    if tis_weight is not None:
-        pg = pg * _zero_outside(tis_weight.detach(), mask)  # [N, T]
-    per_token, reg = _add_regularisers(pg, logp, mask, logp_ref=logp_ref, kl_coef=kl_coef,
-                                       kl_estimator=kl_estimator, entropy=entropy,
-                                       entropy_coef=entropy_coef)  # [N, T]
-    loss = aggregate(per_token, mask, mode=aggregation, num_tokens=num_tokens, num_seqs=num_seqs)  # []
+    loss, pg, metrics = _token_loss(pg, logp, mask, tis_weight=tis_weight, logp_ref=logp_ref, kl_coef=kl_coef,
+                                    kl_estimator=kl_estimator, entropy=entropy, entropy_coef=entropy_coef,
+                                    aggregation=aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
     with torch.no_grad():
-        metrics = {
-            "loss/total": loss,
-            "loss/pg": masked_mean(pg, mask),
-            **reg,
+        metrics |= {
             "loss/clip_frac": masked_mean((clipped < raw).float(), mask),
             "loss/clip_frac_low": masked_mean(((ratio < 1 - clip_low) & (a < 0)).float(), mask),
             "loss/clip_frac_high": masked_mean(((ratio > 1 + clip_high) & (a > 0)).float(), mask),
@@ -236,6 +230,24 @@ def clipped_pg_loss(
         if clip_c is not None:
             metrics["loss/dual_clip_frac"] = masked_mean(dual.float(), mask)
     return loss, {k: v.detach() for k, v in metrics.items()}
+
+
+def _token_loss(pg: Tensor, logp: Tensor, mask: Tensor, *, tis_weight: Tensor | None, logp_ref: Tensor | None,
+                kl_coef: float, kl_estimator: KLEstimator, entropy: Tensor | None, entropy_coef: float,
+                aggregation: Aggregation, num_tokens: Tensor | float, num_seqs: Tensor | float,
+                ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The tail every token-level loss shares: the per-token policy term `pg` [N, T] weighted by
+    the truncated IS weights, plus the KL and entropy terms, aggregated. Returns (loss [], the
+    weighted pg [N, T], metrics: loss/total, loss/pg and the regularisers')."""
+    if tis_weight is not None:
+        pg = pg * _zero_outside(tis_weight.detach(), mask)  # [N, T]
+    per_token, reg = _add_regularisers(pg, logp, mask, logp_ref=logp_ref, kl_coef=kl_coef,
+                                       kl_estimator=kl_estimator, entropy=entropy,
+                                       entropy_coef=entropy_coef)  # [N, T]
+    loss = aggregate(per_token, mask, mode=aggregation, num_tokens=num_tokens, num_seqs=num_seqs)  # []
+    with torch.no_grad():
+        metrics = {"loss/total": loss, "loss/pg": masked_mean(pg, mask), **reg}
+    return loss, pg, metrics
 
 
 @register_loss("gspo")
@@ -330,17 +342,11 @@ def cispo_loss(
     a = adv[:, None] if adv.dim() == 1 else adv  # [N, 1] or [N, T]
     w = ratio.clamp(1 - clip_low, 1 + clip_high)  # [N, T] stop-gradient weight
     pg = -(w * a) * logp  # [N, T]
-    if tis_weight is not None:
-        pg = pg * _zero_outside(tis_weight.detach(), mask)  # [N, T]
-    per_token, reg = _add_regularisers(pg, logp, mask, logp_ref=logp_ref, kl_coef=kl_coef,
-                                       kl_estimator=kl_estimator, entropy=entropy,
-                                       entropy_coef=entropy_coef)  # [N, T]
-    loss = aggregate(per_token, mask, mode=aggregation, num_tokens=num_tokens, num_seqs=num_seqs)  # []
+    loss, pg, metrics = _token_loss(pg, logp, mask, tis_weight=tis_weight, logp_ref=logp_ref, kl_coef=kl_coef,
+                                    kl_estimator=kl_estimator, entropy=entropy, entropy_coef=entropy_coef,
+                                    aggregation=aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
     with torch.no_grad():
-        metrics = {
-            "loss/total": loss,
-            "loss/pg": masked_mean(pg, mask),
-            **reg,
+        metrics |= {
             "loss/clip_frac": masked_mean((w != ratio).float(), mask),
             "loss/ratio_mean": masked_mean(ratio, mask),
         }
