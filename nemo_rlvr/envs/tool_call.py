@@ -14,8 +14,9 @@ OpenAI `{"function": {...}}` wrapper is accepted). Rules (VERIFIER_CONTRACT.md, 
 - Calls compare as a multiset: order is free, a duplicate call is an extra call.
 - Arguments must equal the expected ones exactly, compared as JSON values: strings,
   numbers, booleans, null, arrays (order kept) and objects (key order free) never match
-  across types, so 3 != "3" and true != 1. JSON has a single number type, so 3 and 3.0
-  are the same number. Extra or missing arguments -> 0.
+  across types, so 3 != "3" and true != 1. A parameter the schema types `number` takes
+  3 and 3.0 alike; one typed `integer` refuses 3.0 (a schema violation). Extra or missing
+  arguments -> 0.
 - Every call must name a tool in `tools` and satisfy its JSON schema (jsonschema).
 - `expected_calls: []`: plain text scores 1; any call, well-formed or not, scores 0.
 - Several acceptable answers (BFCL's form): an expected call may give `"options": {"arg":
@@ -190,8 +191,18 @@ def load_tools(value: Any) -> dict[str, Any]:
             cls.check_schema(schema)
         except SchemaError as e:
             raise FieldError(f"tools[{i}].parameters is not a valid JSON schema: {e.message}") from None
-        out[fn["name"]] = cls(schema)
+        out[fn["name"]] = _strict_integers(cls)(schema)
     return out
+
+
+def _strict_integers(cls: type) -> type:
+    """The validator class with `integer` meaning a JSON integer as written: 5.0 is not one
+    (jsonschema's drafts accept any number with a zero fraction; VERIFIER_CONTRACT.md, "Numbers").
+    `number` still takes 5 and 5.0 alike."""
+    from jsonschema.validators import extend
+
+    checker = cls.TYPE_CHECKER.redefine("integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool))
+    return extend(cls, type_checker=checker)
 
 
 @dataclass(frozen=True)

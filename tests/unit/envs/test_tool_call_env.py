@@ -18,6 +18,7 @@ WEATHER = {
             "properties": {
                 "city": {"type": "string"},
                 "days": {"type": "integer"},
+                "temp": {"type": "number"},
                 "metric": {"type": "boolean"},
                 "hours": {"type": "array", "items": {"type": "integer"}},
             },
@@ -55,7 +56,11 @@ POSITIVE = {
                                '"arguments": {"days": 3, "city": "Paris"}}\n</tool_call>', [PARIS]),
     "text_before_call": ("Let me check.\n" + call("get_weather", {"city": "Paris", "days": 3}), [PARIS]),
     "two_calls_any_order": (call("get_time", {"tz": "UTC"}) + call("get_weather", PARIS_ARGS), [PARIS, UTC]),
-    "same_number_as_float": (call("get_weather", {"city": "Paris", "days": 3.0}), [PARIS]),
+    # a `number` parameter: 5 and 5.0 are the same number (VERIFIER_CONTRACT.md, "Numbers")
+    "int_for_float_number_schema": (call("get_weather", {"city": "Paris", "temp": 5}),
+                                    [{"name": "get_weather", "arguments": {"city": "Paris", "temp": 5.0}}]),
+    "float_for_int_number_schema": (call("get_weather", {"city": "Paris", "temp": 5.0}),
+                                    [{"name": "get_weather", "arguments": {"city": "Paris", "temp": 5}}]),
     "no_call_expected_plain_text": ("It is sunny in Paris today.", []),
     "no_call_expected_empty": ("", []),
     "expected_arguments_as_json_string": (call("get_time", {"tz": "UTC"}),
@@ -106,6 +111,8 @@ NEGATIVE = {
     "no_call_when_one_expected": ("The weather in Paris is nice.", [PARIS]),
     # Arguments equal exactly, JSON types matching.
     "string_for_int": (call("get_weather", {"city": "Paris", "days": "3"}), [PARIS]),
+    # an `integer` parameter: 3.0 is not an integer as written (VERIFIER_CONTRACT.md, "Numbers")
+    "float_for_integer_schema": (call("get_weather", {"city": "Paris", "days": 3.0}), [PARIS]),
     "bool_for_int": (call("get_weather", {"city": "Paris", "days": True}),
                      [{"name": "get_weather", "arguments": {"city": "Paris", "days": 1}}]),
     "int_for_bool": (call("get_weather", {"city": "Paris", "metric": 1}),
