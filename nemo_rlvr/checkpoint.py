@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,37 +78,29 @@ class CheckpointWriteError(RuntimeError):
     the folder, the free space and the newest complete checkpoint)."""
 
 
-def _os_error(e: BaseException) -> OSError | None:
-    """The OSError behind `e`: itself, its cause chain, or a Ray task error's cause (a learner
-    rank's write failed in its actor)."""
-    seen = 0
-    while e is not None and seen < 8:
-        if isinstance(e, OSError):
-            return e
-        failures = getattr(e, "failures", None)  # torch DCP's CheckpointException: rank -> error
-        if isinstance(failures, dict) and failures:
-            e = next(iter(failures.values()))
-            e = e[0] if isinstance(e, tuple) else e
-        else:
-            e = getattr(e, "cause", None) or e.__cause__
-        seen += 1
-    return None
-
-
-def _interrupted(e: BaseException) -> bool:
-    """Whether a KeyboardInterrupt is behind `e` (in DCP's per-rank failures or the cause chain)."""
-    for _ in range(8):
-        if isinstance(e, KeyboardInterrupt):
-            return True
+def _causes(e: BaseException | None, depth: int = 8) -> Iterator[BaseException]:
+    """`e`, then what is behind it: torch DCP's CheckpointException's first per-rank failure
+    (`failures`: rank -> error), a Ray task error's `cause`, or `__cause__`; at most `depth` deep."""
+    for _ in range(depth):
+        if e is None:
+            return
+        yield e
         failures = getattr(e, "failures", None)
         if isinstance(failures, dict) and failures:
             e = next(iter(failures.values()))
             e = e[0] if isinstance(e, tuple) else e
         else:
             e = getattr(e, "cause", None) or e.__cause__
-        if e is None:
-            return False
-    return False
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind `e` (a learner rank's write that failed in its actor included)."""
+    return next((c for c in _causes(e) if isinstance(c, OSError)), None)
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is behind `e` (a Ctrl-C inside DCP's writer)."""
+    return any(isinstance(c, KeyboardInterrupt) for c in _causes(e))
 
 
 def sha256_file(path: Path) -> str:
