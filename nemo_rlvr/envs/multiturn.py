@@ -21,6 +21,7 @@ can answer (fields: `store` {key: int}, `keys` the keys to add, `answer` their s
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,15 +62,39 @@ def tool_message(content: Any) -> dict[str, str]:
     return {"role": "tool", "content": content if isinstance(content, str) else json.dumps(content)}
 
 
+class ToolError(Exception):
+    """A tool call the environment answers with an error (the model sees `error: <message>`).
+    `kind`: "unknown" (no such tool), "arguments" (arguments the tool does not take), "failed"."""
+
+    def __init__(self, message: str, kind: str = "failed"):
+        super().__init__(message)
+        self.kind = kind
+
+
 class ToolEnvironment:
     """Base for multi-turn environments whose tools are methods `tool_<name>(state, **arguments)`:
-    `step` parses the turn's `<tool_call>` blocks (the tool_call env's parser), runs each call and
-    answers with one tool message per call (or one saying what was wrong)."""
+    `step` parses the turn's `<tool_call>` blocks (the tool_call env's parser), runs each call with
+    `run_tool` and answers with one tool message per call (or one saying what was wrong)."""
 
     multi_turn = True
 
     def start(self, fields: Mapping[str, Any]) -> Any:
         return {"fields": dict(fields)}
+
+    def run_tool(self, state: Any, name: str, arguments: Mapping[str, Any]) -> Any:
+        """The answer of tool `name`, or ToolError saying what went wrong (training and serve-env
+        both call tools through this)."""
+        fn = getattr(self, f"tool_{name}", None)
+        if fn is None:
+            raise ToolError(f"unknown tool {name!r}", "unknown")
+        try:
+            inspect.signature(fn).bind(state, **arguments)
+        except TypeError as e:
+            raise ToolError(f"{name} failed: TypeError: {e}", "arguments") from None
+        try:
+            return fn(state, **arguments)
+        except Exception as e:  # a tool's failure is an answer to the model, not a crash
+            raise ToolError(f"{name} failed: {type(e).__name__}: {e}") from e
 
     def step(self, state: Any, text: str) -> Turn:
         calls, problem = parse_calls(text)
@@ -79,16 +104,11 @@ class ToolEnvironment:
             return Turn([], done=True)
         messages, errors = [], 0
         for call in calls:
-            fn = getattr(self, f"tool_{call.name}", None)
-            if fn is None:
-                errors += 1
-                messages.append(tool_message(f"error: unknown tool {call.name!r}"))
-                continue
             try:
-                messages.append(tool_message(fn(state, **call.arguments)))
-            except Exception as e:  # a tool's failure is an answer to the model, not a crash
+                messages.append(tool_message(self.run_tool(state, call.name, call.arguments)))
+            except ToolError as e:
                 errors += 1
-                messages.append(tool_message(f"error: {call.name} failed: {type(e).__name__}: {e}"))
+                messages.append(tool_message(f"error: {e}"))
         return Turn(messages, done=False, tool_calls=len(calls), tool_errors=errors)
 
 
@@ -159,28 +179,29 @@ class NemoGymEnv(ToolEnvironment):
         client.post("/seed_session", json=seed).raise_for_status()
         return {"client": client, "fields": dict(fields), "output": [], "n": 0}
 
-    def step(self, state: Any, text: str) -> Turn:
-        calls, problem = parse_calls(text)
-        if problem is not None:
-            return Turn([tool_message(f"error: {problem}")], done=False, tool_errors=1)
-        if not calls:
-            return Turn([], done=True)
-        messages, errors = [], 0
-        for call in calls:
-            state["n"] += 1
-            call_id = f"call_{state['n']}"
-            state["output"].append({"type": "function_call", "call_id": call_id, "name": call.name,
-                                    "arguments": json.dumps(call.arguments), "id": f"fc_{state['n']}",
-                                    "status": "completed"})
-            try:
-                r = state["client"].post(f"/{call.name}", json=call.arguments)
-                answer = r.text if r.status_code < 400 else f"error: {call.name}: HTTP {r.status_code} {r.text[:200]}"
-            except Exception as e:  # the server is down or slow: an answer to the model, not a crash
-                answer = f"error: {call.name}: {type(e).__name__}: {e}"
-            errors += answer.startswith("error:")
-            state["output"].append({"type": "function_call_output", "call_id": call_id, "output": answer})
-            messages.append(tool_message(answer))
-        return Turn(messages, done=False, tool_calls=len(calls), tool_errors=errors)
+    def run_tool(self, state: Any, name: str, arguments: Mapping[str, Any]) -> Any:
+        """POST the call to the server, recording it and its answer in the episode's Responses items."""
+        state["n"] += 1
+        call_id = f"call_{state['n']}"
+        state["output"].append({"type": "function_call", "call_id": call_id, "name": name,
+                                "arguments": json.dumps(arguments), "id": f"fc_{state['n']}", "status": "completed"})
+        try:
+            answer = self._post(state["client"], name, arguments)
+        except ToolError as e:
+            state["output"].append({"type": "function_call_output", "call_id": call_id, "output": f"error: {e}"})
+            raise
+        state["output"].append({"type": "function_call_output", "call_id": call_id, "output": answer})
+        return answer
+
+    @staticmethod
+    def _post(client: Any, name: str, arguments: Mapping[str, Any]) -> str:
+        try:
+            r = client.post(f"/{name}", json=arguments)
+        except Exception as e:  # the server is down or slow: an answer to the model, not a crash
+            raise ToolError(f"{name}: {type(e).__name__}: {e}") from e
+        if r.status_code >= 400:
+            raise ToolError(f"{name}: HTTP {r.status_code} {r.text[:200]}")
+        return r.text
 
     def score(self, state: Any, final_text: str) -> Score:
         fields = state["fields"]

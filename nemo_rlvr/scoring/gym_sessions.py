@@ -22,7 +22,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
-from nemo_rlvr.envs.multiturn import tool_message
+from nemo_rlvr.envs.multiturn import ToolError
 
 COOKIE = "session"
 
@@ -65,18 +65,17 @@ def add_session_routes(app: FastAPI, sessions: Sessions, read_json) -> None:
 
     @app.post("/{tool_name}")
     async def tool(tool_name: str, request: Request) -> dict[str, Any]:
-        fn = getattr(sessions.env, f"tool_{tool_name}", None)
-        if fn is None:
+        if getattr(sessions.env, f"tool_{tool_name}", None) is None:
             raise HTTPException(404, f"no tool {tool_name!r}; this environment has "
                                      f"{sorted(n[5:] for n in dir(sessions.env) if n.startswith('tool_'))}")
         state = sessions.get(request)
         args = await read_json(request)
         try:
-            return {"output": fn(state, **args)}
-        except TypeError as e:
-            raise HTTPException(422, f"arguments of {tool_name}: {e}") from None
-        except Exception as e:  # the tool's own failure: an answer, as the model sees it in training
-            return {"output": tool_message(f"error: {tool_name} failed: {type(e).__name__}: {e}")["content"]}
+            return {"output": sessions.env.run_tool(state, tool_name, args)}
+        except ToolError as e:  # the tool's own failure is an answer, as the model sees it in training
+            if e.kind == "arguments":
+                raise HTTPException(422, f"arguments of {tool_name}: {e}") from None
+            return {"output": f"error: {e}"}
 
 
 def session_verify(sessions: Sessions, request: Request, body: dict[str, Any], final_text: str) -> dict[str, Any]:
