@@ -167,12 +167,22 @@ def _sessions(env_name: str, cfg: EnvConfig):
     return Sessions(get_env(env_name, cfg.module, **dict(cfg.options)))
 
 
+def message_texts(item: dict[str, Any]) -> list[str]:
+    """The texts of an assistant `message` item of a Responses `output` list (its `output_text`
+    parts, or its content when that is a string); [] for any other item."""
+    if item.get("type") != "message" or item.get("role", "assistant") != "assistant":
+        return []
+    content = item.get("content")
+    if isinstance(content, str):
+        return [content]
+    return [c["text"] for c in (content if isinstance(content, list) else [])
+            if isinstance(c, dict) and c.get("type") == "output_text" and isinstance(c.get("text"), str)]
+
+
 def last_message_text(output: Any) -> str:
     """The text of the last assistant message in a Responses `output` list (the episode's answer)."""
-    texts = [c["text"] for item in (output if isinstance(output, list) else [])
-             if isinstance(item, dict) and item.get("type") == "message" and item.get("role", "assistant") == "assistant"
-             for c in (item.get("content") if isinstance(item.get("content"), list) else [])
-             if isinstance(c, dict) and c.get("type") == "output_text" and isinstance(c.get("text"), str)]
+    texts = [t for item in (output if isinstance(output, list) else []) if isinstance(item, dict)
+             for t in message_texts(item)]
     return texts[-1] if texts else ""
 
 
@@ -294,14 +304,8 @@ def response_text(output: list[Any]) -> str:
         if not isinstance(item, dict):
             raise HTTPException(422, f"response.output[{i}] must be an object, got {type(item).__name__}.")
         kind = item.get("type")
-        if kind == "message" and item.get("role", "assistant") == "assistant":
-            content = item.get("content")
-            if isinstance(content, str):
-                parts.append(content)
-                continue
-            for c in content if isinstance(content, list) else []:
-                if isinstance(c, dict) and c.get("type") == "output_text" and isinstance(c.get("text"), str):
-                    parts.append(c["text"])
+        if kind == "message":
+            parts += message_texts(item)
         elif kind == "function_call":
             args = item.get("arguments")
             try:
