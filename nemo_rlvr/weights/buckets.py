@@ -15,7 +15,7 @@ A parameter that is a DTensor (an FSDP2-sharded model) is gathered one at a time
 the bucket being filled (`materialize`: `DTensor.full_tensor()`, a collective every rank
 must join in the same order), so a rank holds at most one gathered parameter beyond the
 bucket, never the whole model (tests/integration/test_weight_buckets_dtensor.py runs this
-on two gloo ranks; the learner itself is one process until #11).
+on two gloo ranks, as the sharded learner runs it).
 """
 
 from __future__ import annotations
