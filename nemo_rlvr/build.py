@@ -32,9 +32,14 @@ TRAIN_POOL = 4096
 
 
 def resolve_model_dir(cfg: RunConfig) -> str:
-    """cfg.model.path, or the cached tiny model (built and warm-started on first use)."""
+    """cfg.model.path (a folder, or pkg:NAME built from a package: models/packaged.py), or the
+    cached tiny model (built and warm-started on first use)."""
     if cfg.model.path is not None:
-        path = Path(cfg.model.path)
+        from nemo_rlvr.models.packaged import PREFIX, packaged_model_dir
+
+        if cfg.model.path.startswith(PREFIX):
+            return str(packaged_model_dir(cfg.model.path[len(PREFIX):], cfg.model.cache_dir))
+        path = Path(cfg.model.path).expanduser()
         if not (path / "config.json").is_file():
             raise ConfigError(f"model.path={cfg.model.path!r} is not a Hugging Face model folder (no "
                               f"config.json). Give a local folder written by save_pretrained.")

@@ -91,7 +91,8 @@ class WarmStartConfig(_Cfg):
 
 class ModelConfig(_Cfg):
     path: str | None = None
-    """A local Hugging Face folder (config + weights + tokenizer); None builds `tiny`."""
+    """A local Hugging Face folder (config + weights + tokenizer); pkg:smollm2-135m-instruct (a real
+    model that ships in a package, converted once and cached: models/packaged.py); None builds `tiny`."""
     tiny: TinyModelConfig = TinyModelConfig()
     """Shape of the tiny model built (and cached) when model.path is None."""
     warm_start: WarmStartConfig = WarmStartConfig()
@@ -106,8 +107,10 @@ class ModelConfig(_Cfg):
 class DataConfig(_Cfg):
     source: str = "arithmetic"
     """"arithmetic" (built-in procedural task); a JSONL/parquet file of records {"prompt", "env",
-    ...env fields} (or NeMo Gym rows); a Hugging Face save_to_disk folder; or hf:NAME[:CONFIG]
-    (datasets.load_dataset; needs hub access). Every record is checked against its env when loaded."""
+    ...env fields} (or NeMo Gym rows); a Hugging Face save_to_disk folder; hf:NAME[:CONFIG]
+    (datasets.load_dataset; needs hub access); or data that ships in packages: pkg:humaneval,
+    pkg:bfcl:CATEGORY, reasoning_gym:TASK (data/packaged.py; a fifth held out for validation).
+    Every record is checked against its env when loaded."""
     val_source: str | None = None
     """Held-out validation data (same forms as source); None: source's data.val_split for a
     DatasetDict or hub dataset, the procedural task's held-out split, or source itself for a file."""
@@ -135,6 +138,9 @@ class DataConfig(_Cfg):
     """Procedural arithmetic: digits per operand."""
     operations: tuple[Literal["+", "-", "*"], ...] = ("+",)
     """Procedural arithmetic: operators to draw from."""
+    task_config: dict[str, Any] = {}
+    """Options of a reasoning_gym:TASK source, passed to reasoning_gym.create_dataset (e.g.
+    {min_terms: 2, max_terms: 2}); stored in each record so scoring uses the same settings."""
     val_size: int = Field(200, ge=1)
     """Held-out prompts used for validation."""
     chat_template: bool = False

@@ -96,8 +96,13 @@ DEFAULT_INSTRUCTION = {"gsm8k": MATH_INSTRUCTION, "math": MATH_INSTRUCTION, "hum
 class PrepareReport:
     rows: int = 0
     written: int = 0
-    problems: list[str] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    """(location, why) of every row that was not converted."""
     envs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{where}: {why}" for where, why in self.bad]
 
     def summary(self, src: Path, out: Path) -> str:
         envs = ", ".join(f"{k} {v}" for k, v in sorted(self.envs.items())) or "none"
@@ -141,7 +146,7 @@ def convert_rows(fmt: str, src: Path, *, answers: Path | None = None, instructio
             if why:
                 raise RecordProblem(why)
         except RecordProblem as e:
-            report.problems.append(f"{where}: {e}")
+            report.bad.append((where, str(e)))
             continue
         rec = {"id": rec.get("id") or f"{src.stem}-{len(records)}", **rec}
         records.append(rec)

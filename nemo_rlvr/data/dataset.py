@@ -19,6 +19,7 @@ import torch
 
 from nemo_rlvr.config import ConfigError, DataConfig, EnvConfig
 from nemo_rlvr.data.checks import RESERVED, RecordChecker, map_row
+from nemo_rlvr.data.packaged import is_packaged, packaged_rows
 from nemo_rlvr.data.readers import BadRow, RecordProblem, read_rows
 from nemo_rlvr.types import Prompt
 
@@ -42,7 +43,10 @@ def load_records(source: str, cfg: DataConfig, *, split: str, n: int, seed: int,
         return arithmetic_records(n, num_digits=cfg.num_digits, operations=cfg.operations,
                                   seed=seed, split=split)
     key = "data.source" if source == cfg.source else "data.val_source"
-    rows = read_rows(source, split_name=cfg.split if split == "train" else cfg.val_split, key=key)
+    if is_packaged(source):
+        rows = packaged_rows(source, cfg, split=split, n=n, seed=seed, key=key)
+    else:
+        rows = read_rows(source, split_name=cfg.split if split == "train" else cfg.val_split, key=key)
     checker = RecordChecker(env, chat_template=cfg.chat_template)
     records, problems = [], []
     for where, row in rows:
@@ -93,7 +97,8 @@ def prompt_text(rec: dict[str, Any], tokenizer, *, chat_template: bool, system_p
     """The text the model sees. Without a chat template: data.system_prompt, a blank line, the
     prompt string. With one: the prompt as a user turn (or the record's own messages), the
     system prompt first unless the messages have one, and the record's `tools` (if any)
-    rendered by the template."""
+    rendered by the template, or described in the system message (TOOLS_SYSTEM) when the
+    template ignores them."""
     prompt = rec["prompt"]
     if not chat_template:
         return f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
@@ -104,7 +109,29 @@ def prompt_text(rec: dict[str, Any], tokenizer, *, chat_template: bool, system_p
     if system_prompt and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": system_prompt})
     tools = _tool_schemas(rec.get("tools"))
-    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    if tools and text == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True):
+        # the template ignores `tools` (SmolLM2's, many base models'): without this the model would
+        # never see the functions it is asked to call
+        text = tokenizer.apply_chat_template(with_tools_message(messages, tools), tokenize=False,
+                                             add_generation_prompt=True)
+    return text
+
+
+TOOLS_SYSTEM = ("You can call the functions described in <tools></tools>. To call one, answer with "
+                "<tool_call>{{\"name\": <function name>, \"arguments\": <arguments object>}}</tool_call>, "
+                "one block per call.\n<tools>\n{tools}\n</tools>")
+"""Our description of the tools, in the Hermes/Qwen form the tool_call env parses, for templates
+that do not render `tools` themselves."""
+
+
+def with_tools_message(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`messages` with the tools described in the system message (appended to the record's own
+    system message, or a new one first)."""
+    text = TOOLS_SYSTEM.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{text}"}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
 
 
 def to_prompts(records: Sequence[dict[str, Any]], tokenizer, *, default_env: str,

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from nemo_rlvr.config import REPO_ROOT
+from nemo_rlvr.data.packaged import is_packaged
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -53,7 +54,7 @@ FIXTURE_RECORDS = {
                                           "required": ["city"]}}}],
                   "expected_calls": [{"name": "weather", "arguments": {"city": "Paris"}}]},
 }
-"""For recipes whose model and data live outside the repo (real models, prepared datasets): a record
+"""For recipes whose model and data live outside the repo (downloaded models, prepared datasets): a record
 in the format their environment takes (what `nemo-rlvr data prepare` writes), and the tiny model's
 folder in place of the downloaded one."""
 
@@ -62,9 +63,11 @@ folder in place of the downloaded one."""
 def test_every_recipe_passes_the_dry_run(recipe, tmp_path, tiny_model_dir):
     cfg = yaml.safe_load(cli("train", "--print-config", f"recipes/{recipe}").stdout)
     stand_ins = []
-    if cfg["model"]["path"] is not None and not (REPO_ROOT / cfg["model"]["path"]).exists():
+    model, source = cfg["model"]["path"], cfg["data"]["source"]
+    if model is not None and not model.startswith("pkg:") and not (REPO_ROOT / model).exists():
         stand_ins.append(f"model.path={tiny_model_dir}")
-    if cfg["data"]["source"] != "arithmetic" and not (REPO_ROOT / cfg["data"]["source"]).exists():
+    # packaged models and data (pkg:..., reasoning_gym:...) are real and offline: no stand-in
+    if source != "arithmetic" and not is_packaged(source) and not (REPO_ROOT / source).exists():
         data = tmp_path / "records.jsonl"
         data.write_text(json.dumps(FIXTURE_RECORDS[cfg["env"]["name"]]) + "\n")
         stand_ins.append(f"data.source={data}")

