@@ -42,6 +42,23 @@ from nemo_rlvr.types import Prompt, Sample, SamplingParams, WeightBucket
 from nemo_rlvr.weights.buckets import bucket_nbytes, iter_bucket_tensors
 
 log = logging.getLogger(__name__)
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
+class ExpectedReloadWarnings(logging.Filter):
+    """Drops the two "<Layer>: Failed to load weights" warnings vLLM's layerwise reload logs on every
+    weight update although nothing is wrong: RotaryEmbedding (its cos/sin cache is computed, never
+    in a checkpoint) and, for a tied model, ParallelLMHead (the update carries the embedding once;
+    the head is refreshed from it, on the CPU by weights/vllm_engine.py). Any other layer that
+    fails to load still warns."""
+
+    def __init__(self, tied: bool):
+        super().__init__()
+        self.expected = {"RotaryEmbedding"} | ({"ParallelLMHead"} if tied else set())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.endswith(": Failed to load weights") and msg.split(":")[0] in self.expected)
 
 Placement = Literal["colocated", "split"]
 _FINISH = {"stop": "stop", "length": "length"}
@@ -147,6 +164,7 @@ class VLLMGenerator:
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self._tied = bool(getattr(self.llm.llm_engine.model_config.hf_config, "tie_word_embeddings", False))
+        logging.getLogger(RELOAD_LOGGER).addFilter(ExpectedReloadWarnings(self._tied))
         log.info("vLLM engine for %s ready in %.1f s (%s, %s)", model_path, time.perf_counter() - t0,
                  "cuda" if self.on_gpu else "cpu", placement)
 

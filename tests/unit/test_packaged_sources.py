@@ -101,3 +101,4 @@ def test_unknown_packaged_model_is_a_config_error_naming_the_known_ones(tmp_path
     cfg = RunConfig.model_validate({"model": {"path": "pkg:gpt-5", "cache_dir": str(tmp_path)}})
     with pytest.raises(ConfigError, match="pkg:gpt-5.*pkg:smollm2-135m-instruct"):
         resolve_model_dir(cfg)
+
