@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 DEFAULT_RECIPE = REPO_ROOT / "recipes" / "tiny_cpu.yaml"
+WARM_START_SOURCES = ("arithmetic", "kv_store")
+"""Built-in tasks the tiny model's supervised warm start knows (models/tiny.py)."""
 
 
 class ConfigError(ValueError):
@@ -77,16 +79,22 @@ class WarmStartConfig(_Cfg):
     steps: int = Field(0, ge=0)
     """Optimizer steps of supervised training on task solutions; 0 turns it off."""
     batch_size: int = Field(64, ge=1)
-    """Sequences (prompt + answer + EOS) per supervised step."""
+    """Sequences per supervised step (prompt + answer + EOS; a scripted episode on kv_store)."""
     lr: float = Field(3e-3, gt=0)
     """Peak AdamW learning rate: linear warmup over the first 10 % of `steps`, then cosine decay
     to 10 % of it."""
     num_examples: int = Field(2000, ge=1)
-    """Distinct training examples drawn from the task (kept apart from validation)."""
+    """Training examples drawn from the task (kept apart from validation; distinct while the task's
+    train split has that many problems, then repeated: kv_store has 79)."""
     stop_accuracy: float | None = Field(None, gt=0, le=1)
-    """Stop early once greedy accuracy on 200 other training problems reaches this (checked
-    every 10 steps); `steps` is then the cap. The jump in accuracy comes at a seed-dependent
-    step, so stopping on accuracy gives RL a reproducible starting point."""
+    """Stop early once greedy accuracy on stop_eval_size other training problems reaches this
+    (checked every stop_eval_every steps); `steps` is then the cap. The jump in accuracy comes at
+    a seed-dependent step, so stopping on accuracy gives RL a reproducible starting point. On a
+    multi-turn task (data.source=kv_store) the accuracy is the share of greedy episodes rewarded 1."""
+    stop_eval_size: int = Field(200, ge=1)
+    """Held-out training problems (never val) the stop accuracy is measured on."""
+    stop_eval_every: int = Field(10, ge=1)
+    """Supervised steps between two checks of the stop accuracy."""
 
 
 class ModelConfig(_Cfg):
@@ -96,7 +104,8 @@ class ModelConfig(_Cfg):
     tiny: TinyModelConfig = TinyModelConfig()
     """Shape of the tiny model built (and cached) when model.path is None."""
     warm_start: WarmStartConfig = WarmStartConfig()
-    """Supervised warm start of the tiny model before RL (tiny model and data.source=arithmetic only)."""
+    """Supervised warm start of the tiny model before RL (the tiny model and a built-in task only:
+    data.source=arithmetic, or kv_store, whose scripted tool episodes it trains on)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Learner and generator parameter dtype; fp32 on CPU gives ~0 logprob mismatch. bfloat16
     needs model.path (the tiny model trains in float32)."""
@@ -572,11 +581,20 @@ class RunConfig(_Cfg):
                 f"server builds the environment. Start it with `nemo-rlvr serve-env --env-option "
                 f"KEY=VALUE`, and drop env.options here")
         ws = self.model.warm_start.steps
-        if ws > 0 and self.model.path is None and self.data.source != "arithmetic":  # the tiny model's warm start
+        if ws > 0 and self.model.path is None and self.data.source not in WARM_START_SOURCES:
             raise ValueError(
                 f"model.warm_start.steps={ws} with data.source={self.data.source!r}: the supervised warm "
-                f"start trains on the built-in arithmetic task only (the tiny recipe's). Set "
-                f"model.warm_start.steps=0, or use data.source=arithmetic")
+                f"start trains on a built-in task only ({', '.join(WARM_START_SOURCES)}). Set "
+                f"model.warm_start.steps=0, or use data.source=arithmetic (or kv_store)")
+        if self.data.source == "kv_store":   # the built-in multi-turn tool task
+            if g.max_turns < 3:
+                raise ValueError(
+                    f"data.source=kv_store with generation.max_turns={g.max_turns}: an episode needs a turn "
+                    f"per `get` (2) and one to answer; set generation.max_turns=3 or more")
+            if not self.data.chat_template:
+                raise ValueError(
+                    "data.source=kv_store with data.chat_template=false: its `get` tool reaches the model "
+                    "through the chat template (the records' `tools`); set data.chat_template=true")
         if self.model.path is None and self.model.dtype != "float32":
             raise ValueError("model.dtype=bfloat16 needs model.path; the tiny model trains in float32")
         return self

@@ -42,6 +42,10 @@ def load_records(source: str, cfg: DataConfig, *, split: str, n: int, seed: int,
 
         return arithmetic_records(n, num_digits=cfg.num_digits, operations=cfg.operations,
                                   seed=seed, split=split)
+    if source == "kv_store":
+        from nemo_rlvr.data.kv_store import kv_store_records
+
+        return kv_store_records(n, seed=seed, split=split)
     key = "data.source" if source == cfg.source else "data.val_source"
     if is_packaged(source):
         rows = packaged_rows(source, cfg, split=split, n=n, seed=seed, key=key)
@@ -110,10 +114,11 @@ def prompt_text(rec: dict[str, Any], tokenizer, *, chat_template: bool, system_p
         messages.insert(0, {"role": "system", "content": system_prompt})
     tools = _tool_schemas(rec.get("tools"))
     text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
-    if tools and text == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True):
+    if tools and text == tokenizer.apply_chat_template(messages, tools=None, tokenize=False,
+                                                       add_generation_prompt=True):
         # the template ignores `tools` (SmolLM2's, many base models'): without this the model would
         # never see the functions it is asked to call
-        text = tokenizer.apply_chat_template(with_tools_message(messages, tools), tokenize=False,
+        text = tokenizer.apply_chat_template(with_tools_message(messages, tools), tools=None, tokenize=False,
                                              add_generation_prompt=True)
     return text
 

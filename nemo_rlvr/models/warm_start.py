@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -77,21 +77,38 @@ def warm_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                records: Sequence[Mapping[str, Any]], cfg: WarmStartConfig, seed: int, *,
                stop_records: Sequence[Mapping[str, Any]] = (), stop_accuracy: float | None = None,
                eval_every: int = 10) -> dict[str, float]:
-    """Train `model` in place for up to cfg.steps AdamW steps on `records`; return metrics.
+    """Train `model` in place for up to cfg.steps AdamW steps on arithmetic `records`; return metrics.
 
-    Batches of cfg.batch_size are drawn in seeded passes over the records (each pass a
-    fresh permutation). The loss is the mean next-token NLL over answer and eos tokens.
-    With `stop_accuracy`, greedy accuracy on `stop_records` (held-out *train* problems,
-    never val) is checked every `eval_every` steps and training stops once it is reached:
-    the jump in accuracy comes at a seed-dependent step, so a fixed step count can land
-    anywhere between 10 % and 99 %, while stopping on accuracy lands close to the target.
+    The loss is the mean next-token NLL over answer and eos tokens (`train_supervised`). With
+    `stop_accuracy`, greedy accuracy on `stop_records` (held-out *train* problems, never val) is
+    checked every `eval_every` steps and training stops once it is reached: the jump in accuracy
+    comes at a seed-dependent step, so a fixed step count can land anywhere between 10 % and 99 %,
+    while stopping on accuracy lands close to the target.
     """
     if not records:
         raise ValueError("warm_start needs at least one record; raise model.warm_start.num_examples.")
     if stop_accuracy is not None and not stop_records:
         raise ValueError("warm_start: stop_accuracy needs stop_records to measure it on.")
-    t0 = time.perf_counter()
     ids, loss_mask = _encode(tokenizer, records)                           # [M, L]
+    return train_supervised(model, ids, loss_mask, cfg, seed,
+                            evaluate=lambda: greedy_accuracy(model, tokenizer, stop_records),
+                            stop_accuracy=stop_accuracy, eval_every=eval_every)
+
+
+def train_supervised(model: PreTrainedModel, ids: torch.Tensor, loss_mask: torch.Tensor, cfg: WarmStartConfig,
+                     seed: int, *, evaluate: Callable[[], float] | None = None,
+                     stop_accuracy: float | None = None, eval_every: int = 10) -> dict[str, float]:
+    """Up to cfg.steps AdamW steps of next-token NLL on the tokens `loss_mask` marks; return metrics.
+
+    ids [M, L] are right-padded sequences, loss_mask [M, L] is True on the tokens the model must
+    produce (a True at position t trains the prediction of ids[t] from ids[:t]). Batches of
+    cfg.batch_size are drawn in seeded passes over the rows (each pass a fresh permutation). With
+    `stop_accuracy`, `evaluate()` is called every `eval_every` steps and training stops once it
+    returns at least that (logged as warm_start/stop_accuracy).
+    """
+    if stop_accuracy is not None and evaluate is None:
+        raise ValueError("train_supervised: stop_accuracy needs an evaluate function.")
+    t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     order = torch.empty(0, dtype=torch.long)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -118,7 +135,7 @@ def warm_start(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         opt.step()
         losses.append(float(loss.detach()))
         if stop_accuracy is not None and step % eval_every == 0:
-            acc = greedy_accuracy(model, tokenizer, stop_records)
+            acc = evaluate()
             metrics["warm_start/stop_accuracy"] = acc
             if acc >= stop_accuracy:
                 break

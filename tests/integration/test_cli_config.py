@@ -46,6 +46,8 @@ def test_print_config_shows_what_a_preset_expanded_to():
     assert (alg["clip_high"], alg["dynamic_sampling"], alg["overlong_buffer_len"]) == (0.28, True, 1)
 
 
+BUILT_IN = ("arithmetic", "kv_store")
+"""Procedural data.source tasks: generated, no file."""
 FIXTURE_RECORDS = {
     "math": {"prompt": "What is 2 + 3?", "answer": "5"},
     "code": {"prompt": "Write f(x) that returns x + 1.", "tests": ["assert f(1) == 2"], "entry_point": "f"},
@@ -67,7 +69,7 @@ def test_every_recipe_passes_the_dry_run(recipe, tmp_path, tiny_model_dir):
     if model is not None and not model.startswith("pkg:") and not (REPO_ROOT / model).exists():
         stand_ins.append(f"model.path={tiny_model_dir}")
     # packaged models and data (pkg:..., reasoning_gym:...) are real and offline: no stand-in
-    if source != "arithmetic" and not is_packaged(source) and not (REPO_ROOT / source).exists():
+    if source not in BUILT_IN and not is_packaged(source) and not (REPO_ROOT / source).exists():
         data = tmp_path / "records.jsonl"
         data.write_text(json.dumps(FIXTURE_RECORDS[cfg["env"]["name"]]) + "\n")
         stand_ins.append(f"data.source={data}")
