@@ -84,32 +84,41 @@ def run_episodes(generate: Callable[[list[Prompt], SamplingParams], list[Sample]
         live = [e for e in episodes if not e.done]
         if not live:
             break
-        calls = [dataclasses.replace(e.prompt, token_ids=list(e.prompt.token_ids) + e.ids) for e in live]
-        budget = min(max_episode_tokens - len(c.token_ids) for c in calls)
-        if budget <= 0:
-            for e in live:
+        # each episode's own budget: what is left of max_episode_tokens, at most max_new_tokens
+        budgets = [min(sampling.max_new_tokens, max_episode_tokens - len(e.prompt.token_ids) - len(e.ids))
+                   for e in live]
+        for e, b in zip(live, budgets):
+            if b <= 0:
                 e.done, e.finish = True, "length"
+        live, budgets = [e for e in live if not e.done], [b for b in budgets if b > 0]
+        if not live:
             break
+        calls = [dataclasses.replace(e.prompt, token_ids=list(e.prompt.token_ids) + e.ids) for e in live]
         sp = dataclasses.replace(sampling, n=1, seed=sampling.seed * 1_000_003 + turn,
-                                 max_new_tokens=min(sampling.max_new_tokens, budget))
+                                 max_new_tokens=max(budgets))
         outs = generate(calls, sp)
-        for e, out in zip(live, outs):
-            e.ids += list(out.response_ids)
-            e.logprobs += list(out.logprobs)
-            e.mask += [True] * len(out.response_ids)
+        for e, out, budget in zip(live, outs, budgets):
+            ids, logprobs, finish, text = list(out.response_ids), list(out.logprobs), out.finish_reason, out.text
+            if len(ids) > budget:  # one batch, the largest budget: cut this episode to its own. The
+                # first `budget` tokens are what a generation capped at `budget` would have sampled
+                ids, logprobs, finish = ids[:budget], logprobs[:budget], "length"
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+            e.ids += ids
+            e.logprobs += logprobs
+            e.mask += [True] * len(ids)
             e.turns += 1
-            e.last_text = out.text
-            if out.finish_reason != "stop":  # the turn was cut: the episode ends on the budget
+            e.last_text = text
+            if finish != "stop":  # the turn was cut: the episode ends on the budget
                 e.done, e.finish = True, "length"
                 continue
-            answer = e.env.step(e.state, out.text)
+            answer = e.env.step(e.state, text)
             e.tool_calls += answer.tool_calls
             e.tool_errors += answer.tool_errors
             if answer.done:
                 e.done = True
                 continue
             obs = observation_ids(tokenizer, answer.messages,
-                                  after_token=out.response_ids[-1] if out.response_ids else None,
+                                  after_token=ids[-1] if ids else None,
                                   tools=e.prompt.fields.get("tools"))
             if len(e.prompt.token_ids) + len(e.ids) + len(obs) >= max_episode_tokens:
                 e.done, e.finish = True, "length"

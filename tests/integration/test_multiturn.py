@@ -114,6 +114,25 @@ def test_budgets_end_the_episode_with_length_and_reward_0(tok):
     assert (score.reward, score.components["correct"], score.components["read_all"]) == (0.0, 1.0, 0.0)
 
 
+def test_each_episode_has_its_own_token_budget(tok):
+    """An episode near max_episode_tokens is cut at its own budget while the others in the same batch
+    go on whole (a shared budget, the smallest, once cut every episode's turn)."""
+    turns = [call("get", key="a"), call("get", key="b"), "7"]
+    _, alone, _, _ = episodes(tok, turns)  # the short episode on its own
+    need = len(alone.prompt_ids) + len(alone.response_ids)
+    text = tok.apply_chat_template([{"role": "user", "content": "a+b?" * need}], tokenize=False,
+                                   add_generation_prompt=True)
+    long = Prompt(text, tok(text, add_special_tokens=False)["input_ids"], "kv_store", FIELDS)
+    limit = len(long.token_ids) + 5  # 5 tokens left for the long one, enough for the short one
+    assert need <= limit
+    samples, scores, m = run_episodes(Scripted(tok, turns), tok, [prompt(tok), long], lambda name: KVStoreEnv(),
+                                      SamplingParams(n=1, max_new_tokens=200), max_turns=5,
+                                      max_episode_tokens=limit)
+    assert samples[0].response_ids == alone.response_ids and scores[0].reward == 1.0
+    assert (samples[1].finish_reason, len(samples[1].response_ids), scores[1].reward) == ("length", 5, 0.0)
+    assert samples[1].response_ids == alone.response_ids[:5] and m["rollout/budget_end_frac"] == 0.5
+
+
 @register_env("test_keep_talking")
 class KeepTalking(ToolEnvironment):
     """Answers every turn, never ends: episodes run to max_turns."""
