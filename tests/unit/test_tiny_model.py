@@ -213,3 +213,20 @@ def test_tiny_model_dir_race_loser_uses_the_winners_folder(tmp_path, monkeypatch
     path = tiny_model_dir(cfg, DataConfig(), seed=0)
     assert (path / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # the loser's temp folder is gone
+
+
+def test_tokenizer_with_merges_trains_the_same_in_separate_processes(tmp_path):
+    """The tools recipe's vocab (256: merges) must give every machine the same tokenizer: a fresh
+    process each (another hash seed, parallel BPE training), byte-identical tokenizer.json."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys; from nemo_rlvr.models.tiny import train_tokenizer; train_tokenizer(sys.argv[1], vocab_size=256)"
+    outs = []
+    for i, seed in enumerate(("1", "2")):
+        out = tmp_path / str(i)
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120,
+                       env={**os.environ, "PYTHONHASHSEED": seed, "TOKENIZERS_PARALLELISM": "true"})
+        outs.append((out / "tokenizer.json").read_bytes())
+    assert outs[0] == outs[1] and b'"merges"' in outs[0]
