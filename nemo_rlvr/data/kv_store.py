@@ -100,8 +100,6 @@ def kv_store_records(n: int, *, seed: int, split: Literal["train", "val"]) -> li
         extra = other.choice(len(free), size=NUM_DISTRACTORS, replace=False).tolist()
         store = dict(zip(keys, r)) | {free[j]: int(other.integers(10)) for j in extra}
         store = dict(sorted(store.items()))
-        rec = {"id": f"kv-{split}-{i}", "env": "kv_store", "store": store, "keys": keys, "answer": sum(r),
-               "tools": TOOLS}
-        out.append({"id": rec["id"], "prompt": kv_store_text(rec),
-                    **{k: v for k, v in rec.items() if k != "id"}})
+        out.append({"id": f"kv-{split}-{i}", "prompt": kv_store_text({"keys": keys}), "env": "kv_store",
+                    "store": store, "keys": keys, "answer": sum(r), "tools": TOOLS})
     return out

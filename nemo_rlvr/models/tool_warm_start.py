@@ -25,7 +25,7 @@ import torch
 
 from nemo_rlvr.config import WarmStartConfig
 from nemo_rlvr.envs.multiturn import MultiTurnEnvironment
-from nemo_rlvr.models.warm_start import train_supervised
+from nemo_rlvr.models.warm_start import greedy_generate, train_supervised
 from nemo_rlvr.rollout.multiturn import observation_ids, run_episodes
 from nemo_rlvr.types import Prompt, Sample, SamplingParams
 
@@ -90,25 +90,16 @@ def local_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
                    ) -> Callable[[list[Prompt], SamplingParams], list[Sample]]:
     """A greedy `generate` over an in-process model for `run_episodes`: left-padded batches, stops
     at EOS (kept in response_ids, finish_reason "stop"), log-probs not computed (0)."""
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
 
-    @torch.no_grad()
     def generate(prompts: list[Prompt], sp: SamplingParams) -> list[Sample]:
+        new = greedy_generate(model, tokenizer, [p.token_ids for p in prompts], max_new_tokens=sp.max_new_tokens)
         out: list[Sample] = []
-        for lo in range(0, len(prompts), 256):
-            chunk = prompts[lo : lo + 256]
-            W = max(len(p.token_ids) for p in chunk)
-            ids = torch.tensor([[pad] * (W - len(p.token_ids)) + list(p.token_ids) for p in chunk])   # [B, W]
-            attn = (torch.arange(W)[None, :] >= torch.tensor([W - len(p.token_ids) for p in chunk])[:, None])
-            new = model.generate(input_ids=ids, attention_mask=attn.long(), do_sample=False,
-                                 max_new_tokens=sp.max_new_tokens, pad_token_id=pad,
-                                 eos_token_id=eos)[:, W:].tolist()                              # [B, T]
-            for p, toks in zip(chunk, new):
-                end = toks.index(eos) + 1 if eos in toks else len(toks)
-                resp = toks[:end]
-                out.append(Sample(list(p.token_ids), resp, [0.0] * len(resp),
-                                  tokenizer.decode(resp, skip_special_tokens=True),
-                                  "stop" if eos in resp else "length", 0, p.env, p.fields))
+        for p, toks in zip(prompts, new):
+            resp = toks[: toks.index(eos) + 1] if eos in toks else toks
+            out.append(Sample(list(p.token_ids), resp, [0.0] * len(resp),
+                              tokenizer.decode(resp, skip_special_tokens=True),
+                              "stop" if eos in resp else "length", 0, p.env, p.fields))
         return out
 
     return generate

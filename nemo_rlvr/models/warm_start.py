@@ -158,18 +158,29 @@ def greedy_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         return 0.0
     was_training = model.training
     model.eval()
-    pad = tokenizer.pad_token_id
-    correct = 0
-    for lo in range(0, len(records), batch_size):
-        chunk = records[lo : lo + batch_size]
-        prompts = [tokenizer.encode(r["prompt"], add_special_tokens=False) for r in chunk]
-        L = max(map(len, prompts))
-        ids = torch.tensor([[pad] * (L - len(p)) + p for p in prompts])               # [B, L]
-        attn = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])     # [B, L]
-        out = model.generate(input_ids=ids, attention_mask=attn, do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=pad,
-                             eos_token_id=tokenizer.eos_token_id)                     # [B, L+T]
-        texts = tokenizer.batch_decode(out[:, L:], skip_special_tokens=True)
-        correct += sum(t.strip() == str(r["answer"]) for t, r in zip(texts, chunk))
+    prompts = [tokenizer.encode(r["prompt"], add_special_tokens=False) for r in records]
+    new = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+    correct = sum(t.strip() == str(r["answer"]) for t, r in zip(texts, records))
     model.train(was_training)
     return correct / len(records)
+
+
+@torch.no_grad()
+def greedy_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
+                    *, max_new_tokens: int, batch_size: int = 256) -> list[list[int]]:
+    """The greedy new tokens of each prompt (ids), `max_new_tokens` each: prompts left-padded into
+    batches of `batch_size`, `model.generate(do_sample=False)` stopping at eos (a row that stopped
+    early is padded with pad ids after its eos)."""
+    pad = tokenizer.pad_token_id
+    out: list[list[int]] = []
+    for lo in range(0, len(prompts), batch_size):
+        chunk = [list(p) for p in prompts[lo : lo + batch_size]]
+        L = max(map(len, chunk))
+        ids = torch.tensor([[pad] * (L - len(p)) + p for p in chunk])               # [B, L]
+        attn = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in chunk])     # [B, L]
+        gen = model.generate(input_ids=ids, attention_mask=attn, do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad,
+                             eos_token_id=tokenizer.eos_token_id)                   # [B, L+T]
+        out += gen[:, L:].tolist()
+    return out
