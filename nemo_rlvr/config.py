@@ -115,7 +115,8 @@ class ModelConfig(_Cfg):
 
 class DataConfig(_Cfg):
     source: str = "arithmetic"
-    """"arithmetic" (built-in procedural task); a JSONL/parquet file of records {"prompt", "env",
+    """"arithmetic" or "kv_store" (built-in procedural tasks; kv_store: the multi-turn tool task,
+    data/kv_store.py); a JSONL/parquet file of records {"prompt", "env",
     ...env fields} (or NeMo Gym rows); a Hugging Face save_to_disk folder; hf:NAME[:CONFIG]
     (datasets.load_dataset; needs hub access); or data that ships in packages: pkg:humaneval,
     pkg:bfcl:CATEGORY, reasoning_gym:TASK (data/packaged.py; a fifth held out for validation).
