@@ -358,6 +358,12 @@ class LearnerConfig(_Cfg):
     (position ids restart per sequence, attention never crosses them: transformers'
     packed-sequence mask on CPU, varlen flash attention on GPU). Same log-probs as padded rows,
     less padding computed."""
+    prefix_sharing: bool = True
+    """Compute tokens that rows share from their start once: a group's prompt, which its G samples
+    all repeat, the chat template's opening, identical responses. Rows become paths in a prefix
+    tree with an explicit attention mask (sdpa and eager attention; flash attention packs rows
+    instead); a row joins a tree only where a FLOP estimate says that is cheaper, so long distinct
+    responses are not slowed. Same log-probs and gradients as separate rows, to fp32 rounding."""
     minibatches_per_step: int = Field(1, ge=1)
     """Optimizer steps per RL step (the batch is split in this many mini-batches). With 1, the
     pre-update log-probs come from the training forward itself (no separate log-prob pass)."""

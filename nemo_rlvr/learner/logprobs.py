@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from nemo_rlvr.algorithms.losses import entropy_from_logits
-from nemo_rlvr.learner.packing import pack_rows
+from nemo_rlvr.learner.packing import pack_prefix_tree, pack_rows
 
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 """Config attributes that mean the logits are not just lm_head(hidden)."""
@@ -54,11 +54,53 @@ def supports_chunking(model: nn.Module) -> bool:
     return callable(getattr(model, "get_decoder", None)) and model.get_output_embeddings() is not None
 
 
+TREE_ATTENTION = ("sdpa", "eager")
+"""Attention implementations that take an explicit 4D mask (flash attention only takes position
+ids, so prefix trees fall back to `pack_rows` there)."""
+
+
+def attention_pair_cost(model: nn.Module) -> float:
+    """FLOPs of one (query, key) pair of dense attention relative to one token through the rest of
+    the decoder: 4 hidden x layers (QK^T and AV) over 2 x its non-embedding parameters."""
+    cfg = model.config
+    emb = {id(m.weight): m.weight.numel() for m in (model.get_input_embeddings(), model.get_output_embeddings())
+           if m is not None}
+    body = sum(p.numel() for p in model.parameters() if id(p) not in emb)
+    return 4 * cfg.hidden_size * cfg.num_hidden_layers / max(2 * body, 1)
+
+
+def _tree_layout(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor):
+    """`pack_prefix_tree`'s layout with the mask in the form the model's attention takes (bool for
+    sdpa, additive for eager), or None where it does not apply or saves too little."""
+    cfg = model.config
+    impl = getattr(cfg, "_attn_implementation", None)
+    if impl not in TREE_ATTENTION:
+        return None
+    window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+    kinds = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+    if (window or kinds != {"full_attention"}) and int(attention_mask.sum(1).max()) > (window or 0):
+        return None  # a custom mask replaces the sliding window's: only exact while rows fit in it
+    tree = pack_prefix_tree(input_ids, attention_mask, loss_mask, attn_cost=attention_pair_cost(model))
+    if tree is None:
+        return None
+    ids, pos, mask, at = tree
+    if impl == "eager":
+        dtype = model.get_input_embeddings().weight.dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+    return ids, pos, mask, at
+
+
 def _response_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor, *,
-                     chunked: bool, packed: bool) -> Tensor:
+                     chunked: bool, packed: bool, share_prefix: bool = False) -> Tensor:
     """The outputs whose next token is a response token, row-major as `x[loss_mask]` orders them:
     last hidden states [M, H] (`chunked`, the decoder alone) or logits [M, V] (the whole model)."""
     net = model.get_decoder() if chunked else model
+    tree = _tree_layout(model, input_ids, attention_mask, loss_mask) if share_prefix else None
+    if tree is not None:
+        ids, pos, mask, at = tree                                                        # [R, C] x2, [R,1,C,C], [M]
+        out = net(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+        states = out.last_hidden_state if chunked else out.logits                       # [R, C, H | V]
+        return states.flatten(0, 1)[at]                                                 # [M, H | V]
     if packed:
         ids, pos, at = pack_rows(input_ids, attention_mask, loss_mask)                  # [R, C], [R, C], [M]
         out = net(input_ids=ids, attention_mask=None, position_ids=pos, use_cache=False)
@@ -75,13 +117,14 @@ FORWARD_METHOD = "nemo_rlvr_response_logprobs"
 
 def response_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor, *,
                       temperature: float, chunk_tokens: int, with_entropy: bool, packed: bool,
-                      entropy_grad: bool = False) -> tuple[Tensor, Tensor]:
+                      share_prefix: bool = False, entropy_grad: bool = False) -> tuple[Tensor, Tensor]:
     """Everything that touches the model's parameters: log-probs [M] of the M response targets
     (row-major, as `x[loss_mask]` orders them) and their entropies [M] (empty without
     `with_entropy`; detached unless `entropy_grad`, for an entropy bonus in the loss). A sharded
     model runs this as an FSDP2 forward method (`register_forward`)."""
     chunked = chunk_tokens > 0 and supports_chunking(model)
-    h = _response_states(model, input_ids, attention_mask, loss_mask, chunked=chunked, packed=packed)
+    h = _response_states(model, input_ids, attention_mask, loss_mask, chunked=chunked, packed=packed,
+                         share_prefix=share_prefix)
     tgt = input_ids[:, 1:][loss_mask]                                                   # [M]
     # naive: `h` already holds the logits, taken in one piece
     head, step = (model.get_output_embeddings(), chunk_tokens) if chunked else (nn.Identity(), max(len(h), 1))
@@ -120,7 +163,7 @@ def register_forward(model: nn.Module) -> None:
 
 def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor, *,
                    temperature: float, chunk_tokens: int, with_entropy: bool = False, packed: bool = False,
-                   entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
+                   share_prefix: bool = False, entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
     """log_softmax(logits / T) of each next token, [n, w-1] (0 where `loss_mask` is False), and
     with `with_entropy` the entropy of that distribution, [n, w-1] (detached, a metric, unless
     `entropy_grad`: then the loss's entropy bonus trains through it).
@@ -131,7 +174,7 @@ def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, 
     """
     forward = getattr(model, FORWARD_METHOD, None)
     kw = dict(temperature=temperature, chunk_tokens=chunk_tokens, with_entropy=with_entropy, packed=packed,
-              entropy_grad=entropy_grad)
+              share_prefix=share_prefix, entropy_grad=entropy_grad)
     if forward is not None:
         lp, ent = forward(input_ids, attention_mask, loss_mask, **kw)
     else:

@@ -129,7 +129,7 @@ class PolicyWorker:
         many passes as the busiest rank, padding with a pass over row 0 with no loss tokens."""
         budget, packed = self.cfg.max_tokens_per_microbatch, self.cfg.sequence_packing
         lengths = batch.attention_mask.sum(1)                                        # [N] real lengths
-        shards = shard_by_tokens(batch, self.world)
+        shards = shard_by_tokens(batch, self.world, keep_groups=self.cfg.prefix_sharing)
         bounds = [micro_batch_bounds(lengths[rows].tolist(), budget, packed=packed) for rows in shards]
         mine = shards[self.rank]
         for start, end in bounds[self.rank]:
@@ -149,7 +149,8 @@ class PolicyWorker:
         return token_logprobs(model, mb.input_ids.to(self.device), mb.attention_mask.to(self.device),
                               mb.loss_mask.to(self.device), temperature=self.temperature,
                               chunk_tokens=self.cfg.logprob_chunk_tokens, with_entropy=with_entropy,
-                              packed=self.cfg.sequence_packing, entropy_grad=entropy_grad)
+                              packed=self.cfg.sequence_packing, share_prefix=self.cfg.prefix_sharing,
+                              entropy_grad=entropy_grad)
 
     # ------------------------------------------------------------------ forward
 

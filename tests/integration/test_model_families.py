@@ -108,6 +108,30 @@ def test_learner_logprobs_equal_a_plain_forward(case, trained):
         assert (logp[~mask] == 0).all()
 
 
+def test_prefix_tree_logprobs_equal_a_plain_forward(case):
+    """GRPO-shaped rows (each prompt twice, two responses) go through the prefix tree by default."""
+    from transformers import AutoModelForCausalLM
+
+    from nemo_rlvr.learner.logprobs import attention_pair_cost
+    from nemo_rlvr.learner.packing import pack_prefix_tree
+
+    samples = []
+    for i, (prompt, response) in enumerate(TEXTS):
+        for r in (response, response[::-1] + "0"):
+            p, ids = case.encode(prompt), case.encode(r) + [case.eos_id]
+            samples.append(Sample(prompt_ids=p, response_ids=ids, logprobs=[-1.0] * len(ids), text=r,
+                                  finish_reason="stop", group_id=i, env="arithmetic"))
+    batch = collate(samples, torch.ones(len(samples)), pad_id=case.pad_id)
+    ref = AutoModelForCausalLM.from_pretrained(case.path, dtype=torch.float32).eval()
+    assert pack_prefix_tree(batch.input_ids, batch.attention_mask, batch.loss_mask,
+                            attn_cost=attention_pair_cost(ref)) is not None          # the tree is taken
+    got = PolicyWorker(case.path, learner=LearnerConfig(), algorithm=AlgorithmConfig(),
+                       temperature=1.0).logprobs(batch)["logp_old"]
+    mask = batch.loss_mask
+    torch.testing.assert_close(got[mask], _forward_logp(ref, batch)[mask], atol=ATOL, rtol=0)
+    assert (got[~mask] == 0).all()
+
+
 def test_train_step_is_finite_and_changes_every_weight(case, trained):
     w, batch = trained.worker, trained.batch
     assert trained.metrics and all(math.isfinite(v) for v in trained.metrics.values()), trained.metrics

@@ -112,3 +112,24 @@ def test_pack_rows_refuses_left_padding():
     ids = torch.tensor([[0, 11, 12], [21, 22, 23]])
     with pytest.raises(ValueError, match="right-padded"):
         pack_rows(ids, ids > 0, torch.tensor([[False, True], [False, True]]))
+
+
+def test_shard_by_tokens_keeps_a_prompts_rows_on_one_rank():
+    # 3 prompts x 2 samples (rows 0-1: prompt 5 6, rows 2-3: prompt 7, rows 4-5: prompt 5 6 again
+    # but a new run) -> units [0,1] (4+5 tokens), [2,3] (3+2), [4,5] (4+3); LPT by size over 2 ranks:
+    # [0,1] (9) -> rank 0, [4,5] (7) -> rank 1, [2,3] (5) -> rank 1 (7 < 9)
+    ids = torch.tensor([[5, 6, 1, 2, 0], [5, 6, 3, 4, 9], [7, 1, 2, 0, 0], [7, 3, 0, 0, 0],
+                        [5, 6, 8, 9, 0], [5, 6, 8, 0, 0]])
+    attn = ids > 0
+    loss = torch.zeros(6, 4, dtype=torch.bool)
+    for i, (p, n) in enumerate([(2, 4), (2, 5), (1, 3), (1, 2), (2, 4), (2, 3)]):
+        loss[i, p - 1 : n - 1] = True
+    batch = TrainBatch(ids, attn, loss, torch.zeros(6, 4), torch.zeros(6))
+    grouped = shard_by_tokens(batch, 2, keep_groups=True)
+    assert [s.tolist() for s in grouped] == [[0, 1], [2, 3, 4, 5]]
+    # rows alone (lengths 4 5 3 2 4 3): 1->r0 (5,0), 0->r1 (5,4), 4->r1 (5,8), 2->r0 (8,8),
+    # 5->r0 (tie: lower rank; 11,8), 3->r1 (11,10): every prompt's rows split over both ranks
+    assert [s.tolist() for s in shard_by_tokens(batch, 2)] == [[1, 2, 5], [0, 3, 4]]
+    # fewer runs than ranks: rows alone
+    assert [s.tolist() for s in shard_by_tokens(batch, 4, keep_groups=True)] == \
+        [s.tolist() for s in shard_by_tokens(batch, 4)]
