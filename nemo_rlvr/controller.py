@@ -74,7 +74,8 @@ def stop_on_signal() -> Iterator[dict[str, str]]:
 
     def handler(signum, frame):
         if flag:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+            flag["second"] = signal.Signals(signum).name
+            raise KeyboardInterrupt(f"second {flag['second']}")
         flag["signal"] = signal.Signals(signum).name
         log.warning("%s: finishing this step, then checkpointing and stopping (send it again to stop at "
                     "once)", flag["signal"])
@@ -307,7 +308,14 @@ def train(run: Components) -> RunState:
         if run.state.step >= run.cfg.train.steps:
             log.warning("train.steps=%d already reached (the run is at step %d); nothing to train. Raise "
                         "train.steps to continue.", run.cfg.train.steps, run.state.step)
-        _loop(run, Timer(), stop)
+        try:
+            _loop(run, Timer(), stop)
+        except Exception as e:
+            # the second signal's KeyboardInterrupt, wrapped by whatever it landed in (DCP's
+            # checkpoint writer turns it into a CheckpointException, and then into a write error)
+            if "second" in stop:
+                raise KeyboardInterrupt(f"second {stop['second']}") from e
+            raise
     return run.state
 
 
