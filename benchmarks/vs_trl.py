@@ -323,16 +323,20 @@ def run_trl(py: Path, a: argparse.Namespace, model_dir: str, data: Path, work: P
     return json.loads(Path(spec["result"]).read_text()) | {"wall_s": time.perf_counter() - t0}
 
 
-def run_ours(a: argparse.Namespace, model_dir: str, work: Path, mode: str, records: list[dict], rep: int) -> dict:
-    name = f"ours_{mode}" + (f"_{rep}" if rep else "")
+def run_ours(a: argparse.Namespace, model_dir: str, work: Path, spec: str, records: list[dict], rep: int) -> dict:
+    """One of our runs; `spec` is ours_ray or ours_local, optionally with "+key=value" overrides
+    after it (e.g. ours_ray+learner.prefix_sharing=false: a change's "before" in the same run)."""
+    base, *extra = spec.split("+")
+    mode = base.removeprefix("ours_")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", spec) + (f"_{rep}" if rep else "")
     cmd = [str(ROOT / ".venv/bin/nemo-rlvr"), "train", str(ROOT / "recipes/tiny_cpu.yaml"),
-           *our_overrides(a, model_dir, str(work), name, mode)]
+           *our_overrides(a, model_dir, str(work), name, mode), *extra]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     if out.returncode:
         sys.exit(f"nemo-rlvr train (cluster.mode={mode}) failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
     return {"rows": read_ours(a, work / name, records), "wall_s": time.perf_counter() - t0,
-            "cmd": " ".join(cmd[1:3]) + f" ... cluster.mode={mode}"}
+            "cmd": " ".join(cmd[1:3]) + f" ... cluster.mode={mode}" + "".join(f" {e}" for e in extra)}
 
 
 def read_ours(a: argparse.Namespace, run_dir: Path, records: list[dict]) -> list[dict]:
@@ -348,6 +352,7 @@ def read_ours(a: argparse.Namespace, run_dir: Path, records: list[dict]) -> list
                      f"{records[(r['step'] - 1) * a.prompts]['prompt']!r}; the prompt order differs.")
         rows.append({"step": r["step"], "step_s": r["timing/step"],
                      **{p: r.get(f"timing/{p}", 0.0) for p in PHASES}, "reward": r["train/reward_mean"],
+                     "learner_train": r.get("timing/learner_train", 0.0),
                      "loss": r.get("loss/total"), "grad_norm": r.get("train/grad_norm"),
                      "response_len": r.get("train/response_len_mean")})
     return rows
@@ -400,6 +405,8 @@ def summarize(rows: list[dict]) -> dict:
     timed = [r for r in rows if r["step"] >= 3] or rows
     med = {k: statistics.median(r[k] for r in timed) for k in ("step_s", *PHASES) if k in timed[0]}
     med = {"step_s": med["step_s"], **{p: med.get(p, 0.0) for p in PHASES}}
+    if "learner_train" in timed[0]:  # ours: train's time inside the learner (the rest reached it)
+        med["learner_train"] = statistics.median(r["learner_train"] for r in timed)
     med["overhead"] = statistics.median(r["step_s"] - sum(r.get(p, 0.0) for p in PHASES) for r in timed)
     return med | {"min_step_s": min(r["step_s"] for r in timed), "n_timed": len(timed),
                   "steps_timed": f"{timed[0]['step']}-{max(r['step'] for r in timed)}"}
@@ -424,6 +431,7 @@ def report(a: argparse.Namespace, model_dir: str, runs: dict[str, dict], check: 
     print(f"{'run':<30} {'s/step':>7} {'min':>6} " + " ".join(f"{p:>11}" for p in (*PHASES, "overhead")) + "   wall")
     labels = {"trl_gc_on": "TRL (defaults: grad ckpt on)", "trl_gc_off": "TRL (grad ckpt off)",
               "ours_ray": "nemo-rlvr (cluster.mode=ray)", "ours_local": "nemo-rlvr (cluster.mode=local)"}
+    labels |= {k: "nemo-rlvr " + k.removeprefix("ours_").replace("+", " ") for k in sums if k not in labels}
     for k, s in sums.items():
         print(f"{labels[k]:<30} {s['step_s']:>7.3f} {s['min_step_s']:>6.3f} " + " ".join(f"{s[p]:>11.3f}" for p in (*PHASES, "overhead"))
               + f" {runs[k]['wall_s']:>6.0f}s")
@@ -431,6 +439,10 @@ def report(a: argparse.Namespace, model_dir: str, runs: dict[str, dict], check: 
         r, l = sums["ours_ray"], sums["ours_local"]
         print("Ray actors' cost (ray - local), seconds/step: " + f"step {r['step_s'] - l['step_s']:+.3f}, "
               + ", ".join(f"{p} {r[p] - l[p]:+.3f}" for p in (*PHASES, "overhead")))
+    for k, s in sums.items():
+        if s.get("learner_train"):
+            print(f"{labels[k]}: train {s['train']:.3f} s/step, of which {s['learner_train']:.3f} inside the learner "
+                  f"({s['train'] - s['learner_train']:.3f} reaching it: the call and the batch)")
     if "trl_gc_on" in sums and "ours_ray" in sums:
         print(f"headline: TRL's defaults / `nemo-rlvr train` (ray) = "
               f"{sums['trl_gc_on']['step_s'] / sums['ours_ray']['step_s']:.2f}x s/step (> 1: nemo-rlvr faster)")
@@ -440,7 +452,7 @@ def report(a: argparse.Namespace, model_dir: str, runs: dict[str, dict], check: 
     print("ratios of s/step (> 1: nemo-rlvr faster):")
     for t in (t for t in ("trl_gc_on", "trl_gc_off") if t in sums):
         print("  " + ", ".join(f"{labels[t]} / {labels[o]} = {sums[t]['step_s'] / sums[o]['step_s']:.2f}x"
-                               for o in ("ours_ray", "ours_local") if o in sums))
+                               for o in sums if o.startswith("ours_")))
     print("mean reward per step (rep 0):")
     for k, r in runs.items():
         print(f"  {labels[k]:<30} " + " ".join(f"{x['reward']:.2f}" for x in r["rows"] if x["rep"] == 0))
@@ -472,7 +484,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", default="trl_gc_on,trl_gc_off,ours_ray,ours_local",
-                    help="which runs, comma-separated (trl_gc_on is needed for the check)")
+                    help="which runs, comma-separated (trl_gc_on is needed for the check); ours_ray / "
+                         "ours_local take '+key=value' overrides, e.g. ours_ray+learner.prefix_sharing=false")
     ap.add_argument("--reps", type=int, default=1, help="runs of each, in alternating order; medians pool them")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--trl-worker", help=argparse.SUPPRESS)
@@ -498,7 +511,7 @@ def main() -> None:
             if k.startswith("trl_"):
                 res = run_trl(py, a, model_dir, data, work, gc=k == "trl_gc_on", rep=rep)
             else:
-                res = run_ours(a, model_dir, work, k.removeprefix("ours_"), records, rep=rep)
+                res = run_ours(a, model_dir, work, k, records, rep=rep)
             res["rows"] = [r | {"rep": rep} for r in res["rows"]]
             if k not in runs:
                 runs[k] = res

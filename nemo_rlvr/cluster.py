@@ -50,6 +50,12 @@ def start_ray(cfg: ClusterConfig, *, min_cpus: int = 1) -> None:
             raise ConfigError(f"cluster.address={cfg.address!r}: cannot reach a Ray cluster there ({e}). "
                               f"Start one with `ray start --head` or leave cluster.address unset.") from None
         return
+    # Ray runs workers at nice 15 so its own daemons stay responsive; here the workers are the
+    # run's compute and every daemon is ours, and at nice 15 each wake-up of a daemon (dashboard,
+    # log monitor, agents: ~14 % of a core together) preempts a torch thread and stalls its OpenMP
+    # barrier. Measured on the tiny recipe (2 cores): the learner's train call 17.0 -> 15.8 ms,
+    # the same as in one process (benchmarks/RESULTS.md).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=cfg.num_cpus or max(os.cpu_count() or 1, min_cpus),
              object_store_memory=cfg.object_store_mb * 2**20,
              **kwargs)

@@ -131,18 +131,18 @@ class LearnerGroup:
     def logprobs(self, batch: TrainBatch, **which: bool) -> dict[str, Any]:
         """`logp_old` (policy=True) and `logp_ref` (reference=True, KL on) for every target token;
         each rank fills its own rows and leaves the others 0, so the ranks' results add up."""
-        parts = self._all("logprobs", _shared(batch), **which)
+        parts = self._all("logprobs", _shared(batch, len(self.workers)), **which)
         return {k: sum((p[k] for p in parts[1:]), parts[0][k]) for k in parts[0]}
 
     def train(self, batch: TrainBatch) -> dict[str, float]:
-        return self._all("train", _shared(batch))[0]
+        return self._all("train", _shared(batch, len(self.workers)))[0]
 
     def values(self, batch: TrainBatch) -> Any:
         """PPO's critic values, [N, L-1] (the critic lives beside rank 0, the only rank then)."""
-        return resolve(call(self.workers[0], "values", _shared(batch)))
+        return resolve(call(self.workers[0], "values", _shared(batch, len(self.workers))))
 
     def train_critic(self, batch: TrainBatch, returns: Any, old_values: Any) -> dict[str, float]:
-        return resolve(call(self.workers[0], "train_critic", _shared(batch), returns, old_values))
+        return resolve(call(self.workers[0], "train_critic", _shared(batch, len(self.workers)), returns, old_values))
 
     def weights(self, bucket_bytes: int) -> list[Any]:
         """Bucket refs (or buckets, without Ray) for `GeneratorGroup.load_weights`."""
@@ -192,6 +192,7 @@ class LearnerGroup:
         return self._all("param_checksum")[0]
 
 
-def _shared(batch: TrainBatch) -> Any:
-    """The batch once in Ray's object store (each rank reads the same copy); as is without Ray."""
-    return put_all([batch])[0]
+def _shared(batch: TrainBatch, ranks: int) -> Any:
+    """The batch once in Ray's object store when several ranks read it (each reads the same copy);
+    as is for one rank (Ray sends it with the call: one copy, no store round trip) or without Ray."""
+    return put_all([batch])[0] if ranks > 1 else batch

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import random
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -215,6 +216,7 @@ class PolicyWorker:
         if batch.logp_old is None and self.cfg.minibatches_per_step > 1:
             raise ValueError(f"learner.minibatches_per_step={self.cfg.minibatches_per_step}: every mini-batch "
                              f"after the first needs batch.logp_old; call logprobs(batch) first")
+        t0 = time.perf_counter()
         n_mini = self.cfg.minibatches_per_step
         per = len(batch) // n_mini
         totals: dict[str, float] = {}
@@ -223,6 +225,8 @@ class PolicyWorker:
                 # skipped optimizer steps add up; everything else is a mean over the mini-batches
                 totals[key] = totals.get(key, 0.0) + (v if key == "faults/skipped_steps" else v / n_mini)
         totals["train/lr"] = self.sched.get_last_lr()[0]
+        # the learner's own time: timing/train minus this is what reaching it cost (Ray, the batch)
+        totals["timing/learner_train"] = time.perf_counter() - t0
         return totals
 
     def _optimizer_step(self, mini: TrainBatch) -> dict[str, float]:
