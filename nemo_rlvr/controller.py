@@ -351,7 +351,8 @@ def _loop(run: Components, timer: Timer, stop: dict[str, str]) -> None:
                     train_metrics |= run.learner.train_critic(batch, returns, values)
             if step > (alg.critic_warmup_steps if alg.uses_critic else 0):
                 with timer("train"):
-                    train_metrics |= run.learner.train(batch)
+                    # not colocated: nothing runs between train and the push, so queue it behind train
+                    train_metrics |= run.learner.train(batch, push_after=not colocated)
             if colocated:  # the generators' phase: optimizer state to host, vLLM's weights back
                 run.learner.offload_optimizer()
                 run.generators.wake(["weights"])   # then the new weights arrive, then the KV cache

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def _is_actor(obj: Any) -> bool:
+def is_actor(obj: Any) -> bool:
     try:
         from ray.actor import ActorHandle
     except ImportError:  # ray is optional for local use
@@ -19,7 +19,7 @@ def _is_actor(obj: Any) -> bool:
 
 def call(obj: Any, method: str, *args: Any, **kwargs: Any) -> Any:
     """Start `obj.method(*args)`: a Ray ObjectRef for an actor, the value for a local object."""
-    if _is_actor(obj):
+    if is_actor(obj):
         return getattr(obj, method).remote(*args, **kwargs)
     return getattr(obj, method)(*args, **kwargs)
 
@@ -48,7 +48,7 @@ def is_actor_death(e: BaseException) -> bool:
 
 def is_alive(obj: Any, timeout_s: float = 10.0) -> bool:
     """False for a Ray actor that has died (a local object is always alive). Calls its `pid`."""
-    if not _is_actor(obj):
+    if not is_actor(obj):
         return True
     import ray
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nemo_rlvr.dispatch import call, put_all, resolve, resolve_all
+from nemo_rlvr.dispatch import is_actor, call, put_all, resolve, resolve_all
 from nemo_rlvr.learner.packing import TrainBatch
 
 
@@ -120,6 +120,8 @@ class LearnerGroup:
         self.workers = workers
         self.transfer = False
         """True once `init_weight_transfer` connected the generators (then use `sync_weights`)."""
+        self._pending_push: list[Any] | None = None
+        """The push `train(push_after=True)` queued, until `push_weights` collects it."""
         if len(workers) > 1 or resolve(call(workers[0], "needs_process_group")):
             address, port = resolve(call(workers[0], "rendezvous_address"))
             self._all("setup", address, port)  # every rank blocks until all have joined
@@ -134,8 +136,14 @@ class LearnerGroup:
         parts = self._all("logprobs", _shared(batch, len(self.workers)), **which)
         return {k: sum((p[k] for p in parts[1:]), parts[0][k]) for k in parts[0]}
 
-    def train(self, batch: TrainBatch) -> dict[str, float]:
-        return self._all("train", _shared(batch, len(self.workers)))[0]
+    def train(self, batch: TrainBatch, *, push_after: bool = False) -> dict[str, float]:
+        """One step on every rank; rank 0's metrics. `push_after` (Ray actors with the weight
+        transfer connected): each rank's weight push is queued right behind its train call, so it
+        starts when training ends instead of a driver round trip later; `push_weights` collects it."""
+        refs = [call(w, "train", _shared(batch, len(self.workers))) for w in self.workers]
+        if push_after and self.transfer and all(is_actor(w) for w in self.workers):
+            self._pending_push = [call(w, "sync_weights") for w in self.workers]
+        return resolve_all(refs)[0]
 
     def values(self, batch: TrainBatch) -> Any:
         """PPO's critic values, [N, L-1] (the critic lives beside rank 0, the only rank then)."""
@@ -152,6 +160,7 @@ class LearnerGroup:
                              ranks_per_replica: int = 1) -> None:
         """Connect the learner to the generators (Ray actors or local objects) for `push_weights`
         over `backend` (gloo, nccl, ipc); `ranks_per_replica` is the generators' TP size."""
+        self._pending_push = None  # a queued push to the old group is void (its outcome is moot)
         address, port = resolve(call(self.workers[0], "rendezvous_address"))
         self._all("init_weight_transfer", generators, backend, address, port, bucket_bytes, ranks_per_replica)
         self.transfer = True
@@ -175,7 +184,8 @@ class LearnerGroup:
         `init_weight_transfer` connected it (all ranks join, rank 0 sends), else as buckets through
         Ray's object store (`generators.load_weights`). Returns `weight_sync/*` metrics."""
         if self.transfer:
-            return self._all("sync_weights")[0]
+            pending, self._pending_push = self._pending_push, None
+            return resolve_all(pending or [call(w, "sync_weights") for w in self.workers])[0]
         return generators.load_weights(self.weights(bucket_bytes))
 
     def save(self, path: str) -> None:
