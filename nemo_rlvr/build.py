@@ -120,7 +120,8 @@ def phase_threads(cfg: RunConfig, *, use_gpu: bool) -> tuple[int, int]:
 
 
 def transfer_backend(cfg: RunConfig, *, use_gpu: bool) -> str:
-    """generation.weight_transfer with auto resolved: gloo on a CPU-only cluster; on GPUs vLLM's
+    """generation.weight_transfer with auto resolved: on a CPU-only cluster shm (HF generators, a
+    local cluster) or gloo; on GPUs vLLM's
     nccl (split) or ipc (colocated) engines, or the object store for an HF generator and for
     cluster.mode=local (one process: CUDA IPC cannot map a buffer into its own process)."""
     g = cfg.generation
@@ -129,8 +130,8 @@ def transfer_backend(cfg: RunConfig, *, use_gpu: bool) -> str:
             raise ConfigError(f"generation.weight_transfer={g.weight_transfer} needs GPUs, and the Ray "
                               f"cluster has none; use gloo (or auto)")
         return g.weight_transfer
-    if not use_gpu:
-        return "gloo"
+    if not use_gpu:  # one machine (no cluster.address): the generators can map the learner's memory
+        return "shm" if g.backend == "hf" and not cfg.cluster.address else "gloo"
     if g.backend != "vllm" or cfg.cluster.mode == "local":
         return "object_store"
     return "ipc" if cfg.cluster.placement == "colocated" else "nccl"
@@ -139,10 +140,21 @@ def transfer_backend(cfg: RunConfig, *, use_gpu: bool) -> str:
 def connect_weights(cfg: RunConfig, learner: LearnerGroup, generators: list, *, use_gpu: bool) -> LearnerGroup:
     """Build every learner rank's trainer engine and connect the generators (weights/transfer.py),
     unless weights travel through the object store."""
+    from nemo_rlvr.weights.shm import ShmUnavailable
+
     backend = transfer_backend(cfg, use_gpu=use_gpu)
     if backend != "object_store":
-        learner.init_weight_transfer(generators, cfg.generation.weight_sync_bucket_bytes, backend=backend,
-                                     ranks_per_replica=cfg.generation.tensor_parallel_size)
+        kw = dict(ranks_per_replica=cfg.generation.tensor_parallel_size)
+        try:
+            learner.init_weight_transfer(generators, cfg.generation.weight_sync_bucket_bytes, backend=backend, **kw)
+        except ShmUnavailable as e:  # Ray's error is an instance of the cause's class too
+            if cfg.generation.weight_transfer == "shm":
+                raise ConfigError(f"generation.weight_transfer=shm: {str(e).strip().splitlines()[-1]}; set it "
+                                  f"to gloo (or auto), or give /dev/shm room") from None
+            log.warning("shared-memory weight transfer unavailable (%s): using gloo",
+                        str(e).strip().splitlines()[-1])
+            backend = "gloo"
+            learner.init_weight_transfer(generators, cfg.generation.weight_sync_bucket_bytes, backend=backend, **kw)
     log.info("weights reach the generators by %s", "Ray's object store" if backend == "object_store"
              else f"the {backend} weight-transfer engines")
     return learner

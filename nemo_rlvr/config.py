@@ -192,16 +192,19 @@ class GenerationConfig(_Cfg):
     weight_sync_bucket_mb: float = Field(64.0, gt=0)
     """Weight sync bucket size, MiB: after each step the learner packs its parameters into flat
     buffers of this size (one dtype each) and sends them as generation.weight_transfer says."""
-    weight_transfer: Literal["auto", "gloo", "nccl", "ipc", "object_store"] = "auto"
-    """How weights reach the generators; gloo, nccl and ipc all run vLLM's weight-transfer
-    handshake (init / start / update / finish), only the transport differs. gloo: learner rank 0
+    weight_transfer: Literal["auto", "shm", "gloo", "nccl", "ipc", "object_store"] = "auto"
+    """How weights reach the generators; shm, gloo, nccl and ipc all run vLLM's weight-transfer
+    handshake (init / start / update / finish), only the transport differs. shm: learner rank 0
+    writes every parameter into one file in /dev/shm that the generators map, and each copies it
+    into its model (CPU, HF generators on the learner's machine: weights/shm.py). gloo: learner rank 0
     broadcasts buckets over a gloo group of its own (CPU; a vLLM or HF generator). nccl: vLLM's
     NCCL engines, a packed broadcast from learner rank 0 to every replica and TP rank (GPU,
     cluster.placement=split, backend vllm). ipc: vLLM's CUDA-IPC engines, the generator maps the
     learner's GPU buffers (GPU, cluster.placement=colocated, backend vllm). object_store: buckets
     through Ray's shared-memory object store, each generator reloads them (the only way for an HF
-    generator on a GPU). auto: gloo on a CPU-only cluster; on GPUs nccl (split) or ipc (colocated)
-    with vLLM, object_store with HF or with cluster.mode=local."""
+    generator on a GPU). auto: on a CPU-only cluster shm for HF generators on a local cluster (no
+    cluster.address), else gloo; on GPUs nccl (split) or ipc (colocated) with vLLM, object_store
+    with HF or with cluster.mode=local."""
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     """vLLM on GPU: share of the GPU's memory its engine may take (weights + KV cache)."""
     kv_cache_gb: float = Field(1.0, gt=0)
@@ -554,6 +557,9 @@ class RunConfig(_Cfg):
             raise ValueError(
                 f"generation.tensor_parallel_size={g.tensor_parallel_size} with cluster.mode=local: tensor-"
                 f"parallel generators run in Ray placement groups; use cluster.mode=ray")
+        if g.weight_transfer == "shm" and g.backend != "hf":
+            raise ValueError(f"generation.weight_transfer=shm reaches HF generators only (got generation.backend="
+                             f"{g.backend}); use gloo for vLLM on a CPU, or leave it auto")
         if g.weight_transfer in ("nccl", "ipc"):
             placement = "split" if g.weight_transfer == "nccl" else "colocated"
             if g.backend != "vllm" or self.cluster.placement != placement or self.cluster.mode != "ray":

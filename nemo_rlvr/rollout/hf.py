@@ -26,6 +26,7 @@ import torch
 from nemo_rlvr.types import Prompt, Sample, SamplingParams, WeightBucket
 from nemo_rlvr.weights.buckets import iter_bucket_tensors
 from nemo_rlvr.weights.gloo import Scratch, join_group, receive_buckets
+from nemo_rlvr.weights.shm import ShmReceiver
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,13 @@ class HFGenerator:
     # ------------------------------------- the receive side of vLLM's weight-transfer calls
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        """Join the learner's gloo weight-transfer group as rank `rank_offset` (the keys of vLLM's
-        `NCCLWeightTransferInitInfo`, which weights/transfer.py sends to every generator)."""
+        """Map the learner's shared-memory region (weights/shm.py: `shm_path`), or join its gloo
+        weight-transfer group as rank `rank_offset` (the keys of vLLM's `NCCLWeightTransferInitInfo`,
+        which weights/transfer.py sends to every generator)."""
+        if "shm_path" in init_info:
+            self._shm = ShmReceiver(init_info)
+            return
+        self._shm = None
         self._transfer_group = join_group(init_info["master_address"], init_info["master_port"],
                                           init_info["rank_offset"], init_info["world_size"])
         self._transfer_bucket_bytes = init_info["packed_buffer_size_bytes"]
@@ -146,6 +152,9 @@ class HFGenerator:
     def update_weights(self, update_info: dict[str, Any]) -> dict[str, float]:
         """Receive one update (vLLM's `NCCLWeightTransferUpdateInfo` keys) straight into the parameters."""
         t0 = time.perf_counter()
+        if getattr(self, "_shm", None) is not None:
+            self._copy_in(self._shm.tensors(update_info))
+            return {"weight_sync/apply_s": time.perf_counter() - t0}
         meta = list(zip(update_info["names"], update_info["dtype_names"], update_info["shapes"]))
         # each tensor is copied into its parameter before the next bucket arrives: buffers reused
         self._copy_in(receive_buckets(self._transfer_group, meta, self._transfer_bucket_bytes, self._scratch))

@@ -11,6 +11,7 @@ handshake; only the transport differs.
         other ranks: only join the per-parameter gathers of a sharded model
 
     backend  placement                 trainer engine                         generator engine
+    shm      CPU, one machine, HF      ShmTrainer (weights/shm.py)            HF: rollout/hf.py
     gloo     CPU (any)                 GlooTrainer (here)                     vLLM: weights/vllm_engine.py;
                                                                               HF: rollout/hf.py
     nccl     GPU, split                vLLM's NCCLTrainerWeightTransferEngine vLLM's "nccl" engine
@@ -37,9 +38,11 @@ from typing import Any, ClassVar, Literal
 
 from nemo_rlvr.dispatch import call, resolve
 from nemo_rlvr.weights.gloo import ParamMeta, Scratch, broadcast_buckets, join_group, param_meta
+from nemo_rlvr.weights.shm import BACKEND as SHM
+from nemo_rlvr.weights.shm import ShmTrainer, ShmTrainerInitInfo
 
 BACKEND = "gloo"
-Backend = Literal["gloo", "nccl", "ipc"]
+Backend = Literal["shm", "gloo", "nccl", "ipc"]
 
 
 def init_info_dict(*, master_address: str, master_port: int, world_size: int, bucket_bytes: int,
@@ -210,6 +213,8 @@ def trainer_init_info(backend: Backend, *, rank: int, world_size: int, bucket_by
     """The trainer-side init info of `backend`: ours for gloo, vLLM's own classes for nccl and ipc
     (`NCCLTrainerInitInfo`, `IPCTrainerInitInfo`; importing them needs vLLM)."""
     match backend:
+        case "shm":
+            return ShmTrainerInitInfo(rank=rank)
         case "gloo":
             return GlooTrainerInitInfo(master_address=master_address, master_port=master_port,
                                        world_size=world_size, packed_buffer_size_bytes=bucket_bytes,
@@ -234,6 +239,10 @@ class WeightSender:
 
     def __init__(self, info: Any, *, client: GeneratorClient | None, module: Any):
         self.module, self.client = module, client
+        if info.backend == SHM:  # ours alone: no vLLM engine reads shared memory
+            self.engine: Any = ShmTrainer.trainer_init(info, client=client, source=module.named_parameters)
+            self.is_sender = info.is_sender
+            return
         if info.backend == BACKEND:
             source: Any = module.named_parameters  # gathered bucket by bucket, not all at once
         else:

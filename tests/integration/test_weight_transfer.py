@@ -208,3 +208,122 @@ def test_a_generator_failing_an_update_gives_its_own_error(tiny_model_dir):
     with pytest.raises(RuntimeError, match=r"a generator raised MemoryError: engine out of memory while "
                                            r"loading\. The transfer group is unusable now"):
         trainer.send_weights()
+
+
+def test_shm_transfer_lands_the_weights_and_leaves_no_file(tiny_model_dir):
+    """The shared-memory transport (weights/shm.py): the learner writes a changed model into a
+    /dev/shm region the generator mapped; after two updates the generator holds exactly those
+    weights, and the file was unlinked as soon as the generator mapped it."""
+    import glob
+
+    from transformers import AutoModelForCausalLM
+
+    from nemo_rlvr.rollout.hf import HFGenerator
+
+    before = set(glob.glob("/dev/shm/nemo_rlvr_weights_*"))
+    source = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    gen = HFGenerator(tiny_model_dir)
+    calls: list[str] = []
+    class Calls:  # the HF generator, each weight-transfer call recorded in order
+        def __getattr__(self, name):
+            def record(*args):
+                calls.append(name.removesuffix("_weight_update").removesuffix("_weight_transfer_engine"))
+                return getattr(gen, name)(*args)
+            return record
+
+    sender = WeightSender(trainer_init_info("shm", rank=0, world_size=2, bucket_bytes=1),
+                          client=GeneratorClient([Calls()]), module=source)
+    assert set(glob.glob("/dev/shm/nemo_rlvr_weights_*")) == before        # unlinked, still mapped
+    for step in range(2):
+        with torch.no_grad():
+            for i, p in enumerate(source.parameters()):
+                p.add_(0.01 * (i + 1 + step))
+        metrics = sender.send()
+        want = dict(source.named_parameters())
+        for name, p in gen.model.named_parameters():
+            torch.testing.assert_close(p, want[name], rtol=0, atol=0, msg=name)
+    assert metrics["weight_sync/bytes"] == sum(p.numel() * 4 for p in source.parameters())
+    assert calls == ["init"] + ["start", "update_weights", "finish"] * 2
+
+
+def test_shm_region_layout_mixed_dtypes():
+    from nemo_rlvr.weights.shm import ALIGN, region_bytes, region_plans, views
+
+    meta = [("a", "float32", [2, 3]), ("b", "float32", [5]), ("c", "bfloat16", [3]), ("d", "float32", [1])]
+    plans = region_plans(meta)
+    # runs of one dtype, in order: (a, b) fp32 = 44 bytes -> 64-aligned; c bf16 6 bytes -> next 64; d
+    assert [(off, p.names, p.dtype) for off, p in plans] == [
+        (0, ("a", "b"), torch.float32), (ALIGN, ("c",), torch.bfloat16), (2 * ALIGN, ("d",), torch.float32)]
+    assert region_bytes(meta) == 2 * ALIGN + 4
+    region = torch.zeros(region_bytes(meta), dtype=torch.uint8)
+    got = dict(views(region, meta))
+    got["a"].fill_(1.5)
+    got["c"].fill_(2.0)
+    assert region[:24].view(torch.float32).tolist() == [1.5] * 6 and not region[24:44].any()
+    assert got["c"].dtype == torch.bfloat16 and region[ALIGN:ALIGN + 6].view(torch.bfloat16).tolist() == [2.0] * 3
+
+
+def test_shm_needs_the_learners_machine(tmp_path):
+    from nemo_rlvr.weights.shm import ShmReceiver
+
+    with pytest.raises(RuntimeError, match=r"does not exist here.*generation.weight_transfer=gloo"):
+        ShmReceiver({"shm_path": str(tmp_path / "elsewhere"), "shm_bytes": 64})
+
+
+def test_no_room_in_dev_shm_falls_back_to_gloo(tiny_model_dir, tmp_path, caplog):
+    """auto picks shm for HF generators on one machine; where /dev/shm cannot hold the weights
+    (here: RLIMIT_FSIZE below the model's 2.7 MB, as a container's small /dev/shm would refuse
+    them) the learner says so before any generator is touched and the run syncs over gloo. With
+    generation.weight_transfer=shm set explicitly it is an error naming the setting."""
+    import logging
+    import resource
+
+    from nemo_rlvr.build import make_workers
+    from nemo_rlvr.config import ConfigError, load_config
+
+    overrides = [f"model.path={tiny_model_dir}", "cluster.mode=local", f"output_dir={tmp_path}"]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        with caplog.at_level(logging.WARNING, logger="nemo_rlvr.build"):
+            gens, learner = make_workers(load_config(None, overrides), tiny_model_dir)
+        assert "shared-memory weight transfer unavailable" in caplog.text and "File too large" in caplog.text
+        assert learner._transfer_args[1] == "gloo"
+        learner.push_weights(gens, 1 << 20)                    # and the gloo path works
+        with pytest.raises(ConfigError, match=r"generation.weight_transfer=shm: .*cannot hold"):
+            make_workers(load_config(None, [*overrides, "generation.weight_transfer=shm"]), tiny_model_dir)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_shm_unavailable_reaches_the_driver_as_itself_through_ray(monkeypatch):
+    """build.connect_weights catches ShmUnavailable from a learner actor: Ray's task error must
+    be an instance of it (Ray raises the cause's class alongside RayTaskError)."""
+    import ray
+
+    from nemo_rlvr.weights.shm import ShmUnavailable
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+
+    @ray.remote
+    class Writer:
+        def region(self, nbytes):
+            import os
+            import resource
+
+            from nemo_rlvr.weights.shm import map_region
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+            path = f"/dev/shm/nemo_rlvr_weights_test_{os.getpid()}"
+            try:
+                map_region(path, nbytes, create=True)
+            finally:
+                if os.path.exists(path):
+                    os.unlink(path)
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        with pytest.raises(ShmUnavailable, match="cannot hold 3.0 MiB"):
+            ray.get(Writer.remote().region.remote(3 << 20))
+    finally:
+        ray.shutdown()
