@@ -19,12 +19,18 @@ loss_type="dapo" = our algorithm.aggregation=token_mean), group mean/std advanta
 optimizer step per generation batch, fp32, scoring in the driver; `settings()` lists each pair.
 Runs, in this order: TRL with its defaults (gradient checkpointing on: the headline ratio),
 TRL's best setting here (gradient checkpointing off), ours with cluster.mode=ray (the default)
-and cluster.mode=local (`--reps R`: R rounds in alternating order, pooled). Reported per run:
+and cluster.mode=local (`--reps R`: R rounds in alternating order, pooled). A run of ours may
+carry overrides, `ours_ray+learner.prefix_sharing=false`, to measure one change in the same
+session (its before and after side by side). Reported per run:
 median s/step over steps 3..N (steps 1-2 pay one-off costs) and the fastest step (on a shared
 machine the quiet-machine estimate), the median of each phase (generate / score / logprobs /
 train / weight_sync) and the overhead = step - sum of phases (ours: controller, advantages,
 collate; TRL: its rollout bookkeeping); Ray's round trips sit inside our phase timers, so Ray's
 cost is printed as ray - local. Also the mean reward of every step and the ratios TRL / ours.
+
+What differs in how, not what: ours computes the prompt a group's samples share once (prefix
+trees, learner.prefix_sharing; same log-probs and gradients to fp32 rounding) where TRL runs every
+row in full; the first-step check below runs our default learner, so it covers that too.
 
 Like for like (the first-step check): TRL's first batch (its prompts, completions, rewards and
 advantages) is replayed through our learner (`PolicyWorker.train`, fresh from the same folder).

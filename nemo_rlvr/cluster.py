@@ -60,7 +60,9 @@ def start_ray(cfg: ClusterConfig, *, min_cpus: int = 1) -> None:
     # thread whose phase ended spins before it sleeps (libgomp: 300,000 spins, ~8 ms measured
     # here) and takes a core from the next phase's threads; 20,000 spins (well under 1 ms) still
     # catch the back-to-back parallel regions inside a phase. Tiny recipe, 2 cores, medians of 3
-    # runs: step 0.063 -> 0.051 s; no spinning at all (OMP_WAIT_POLICY=PASSIVE) was slower, 0.068.
+    # runs at commit b3753d3: step 0.063 -> 0.051 s; no spinning at all (OMP_WAIT_POLICY=PASSIVE)
+    # was slower, 0.068. With the shared-memory weight sync and the queued push that came after,
+    # 20,000 / 100,000 / 300,000 spins measure the same within noise (benchmarks/RESULTS.md).
     os.environ.setdefault("GOMP_SPINCOUNT", "20000")
     ray.init(num_cpus=cfg.num_cpus or max(os.cpu_count() or 1, min_cpus),
              object_store_memory=cfg.object_store_mb * 2**20,
