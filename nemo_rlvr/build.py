@@ -148,11 +148,11 @@ def connect_weights(cfg: RunConfig, learner: LearnerGroup, generators: list, *, 
         try:
             learner.init_weight_transfer(generators, cfg.generation.weight_sync_bucket_bytes, backend=backend, **kw)
         except ShmUnavailable as e:  # Ray's error is an instance of the cause's class too
+            why = str(e).strip().splitlines()[-1]  # the cause's line, without Ray's traceback
             if cfg.generation.weight_transfer == "shm":
-                raise ConfigError(f"generation.weight_transfer=shm: {str(e).strip().splitlines()[-1]}; set it "
-                                  f"to gloo (or auto), or give /dev/shm room") from None
-            log.warning("shared-memory weight transfer unavailable (%s): using gloo",
-                        str(e).strip().splitlines()[-1])
+                raise ConfigError(f"generation.weight_transfer=shm: {why}; set it to gloo (or auto), or give "
+                                  f"/dev/shm room") from None
+            log.warning("shared-memory weight transfer unavailable (%s): using gloo", why)
             backend = "gloo"
             learner.init_weight_transfer(generators, cfg.generation.weight_sync_bucket_bytes, backend=backend, **kw)
     log.info("weights reach the generators by %s", "Ray's object store" if backend == "object_store"

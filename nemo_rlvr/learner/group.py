@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nemo_rlvr.dispatch import is_actor, call, put_all, resolve, resolve_all
+from nemo_rlvr.dispatch import call, is_actor, put_all, resolve, resolve_all
 from nemo_rlvr.learner.packing import TrainBatch
 
 

@@ -151,6 +151,19 @@ def _prompt_runs(batch: TrainBatch) -> list[list[int]]:
     return runs
 
 
+def _right_padded_lengths(who: str, attention_mask: Tensor, loss_mask: Tensor) -> Tensor:
+    """Each row's real length, [n], after checking what packing needs of the rows."""
+    lengths = attention_mask.sum(1)
+    cols = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    if not torch.equal(attention_mask, cols < lengths[:, None]):
+        raise ValueError(f"{who} needs right-padded rows (attention_mask True on a prefix of each row); "
+                         "left-padded or holed masks would pack tokens of different rows out of order.")
+    if (loss_mask & ~attention_mask[:, 1:]).any():
+        raise ValueError("loss_mask is True on a padding target; in a packed row that position would predict "
+                         "the next row's first token. Build loss_mask with collate.")
+    return lengths
+
+
 def pack_rows(input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Pack right-padded rows into fewer rows, each as long as the longest sequence, for a forward
     with `attention_mask=None` (position ids mark where sequences start).
@@ -167,13 +180,7 @@ def pack_rows(input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> t
     """
     n, w = attention_mask.shape
     cols = torch.arange(w, device=attention_mask.device)                          # [w]
-    lengths = attention_mask.sum(1)                                               # [n]
-    if not torch.equal(attention_mask, cols < lengths[:, None]):
-        raise ValueError("pack_rows needs right-padded rows (attention_mask True on a prefix of each row); "
-                         "left-padded or holed masks would pack tokens of different rows out of order.")
-    if (loss_mask & ~attention_mask[:, 1:]).any():
-        raise ValueError("loss_mask is True on a padding target; in a packed row that position would predict "
-                         "the next row's first token. Build loss_mask with collate.")
+    lengths = _right_padded_lengths("pack_rows", attention_mask, loss_mask)       # [n]
     cap = max(int(lengths.max()), 1) if n else 1
     starts, row, used = [], 0, 0                                                  # flat start of each sequence
     for length in lengths.tolist():
@@ -233,12 +240,7 @@ def pack_prefix_tree(input_ids: Tensor, attention_mask: Tensor, loss_mask: Tenso
            outputs that predicts that target.
     """
     n, w = attention_mask.shape
-    lengths = attention_mask.sum(1)
-    cols = torch.arange(w)
-    if not torch.equal(attention_mask.cpu(), cols < lengths.cpu()[:, None]):
-        raise ValueError("pack_prefix_tree needs right-padded rows (attention_mask True on a prefix of each row).")
-    if (loss_mask & ~attention_mask[:, 1:]).any():
-        raise ValueError("loss_mask is True on a padding target; build loss_mask with collate.")
+    lengths = _right_padded_lengths("pack_prefix_tree", attention_mask, loss_mask)
     ids_np, lens = input_ids.cpu().numpy(), np.asarray(lengths.cpu().tolist(), dtype=np.int64)
     cap = max(max_row, int(lens.max()) if n else 1, 1)
     sizes: list[int] = []                          # nodes of each tree

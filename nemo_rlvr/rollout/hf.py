@@ -25,7 +25,7 @@ import torch
 
 from nemo_rlvr.types import Prompt, Sample, SamplingParams, WeightBucket
 from nemo_rlvr.weights.buckets import iter_bucket_tensors
-from nemo_rlvr.weights.gloo import Scratch, join_group, receive_buckets
+from nemo_rlvr.weights.gloo import Scratch, join_group, receive_buckets, update_info_meta
 from nemo_rlvr.weights.shm import ShmReceiver
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class HFGenerator:
             self.pad_id = self.tokenizer.eos_token_id
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self._params = dict(self.model.named_parameters())
+        self._shm: ShmReceiver | None = None
+        """The learner's weight region when the weight transfer is shm (else gloo or buckets)."""
 
     # ------------------------------------------------------------------ generate
 
@@ -140,7 +142,7 @@ class HFGenerator:
         if "shm_path" in init_info:
             self._shm = ShmReceiver(init_info)
             return
-        self._shm = None
+        self._shm = None  # a reconnect may change the transport
         self._transfer_group = join_group(init_info["master_address"], init_info["master_port"],
                                           init_info["rank_offset"], init_info["world_size"])
         self._transfer_bucket_bytes = init_info["packed_buffer_size_bytes"]
@@ -152,10 +154,10 @@ class HFGenerator:
     def update_weights(self, update_info: dict[str, Any]) -> dict[str, float]:
         """Receive one update (vLLM's `NCCLWeightTransferUpdateInfo` keys) straight into the parameters."""
         t0 = time.perf_counter()
-        if getattr(self, "_shm", None) is not None:
+        if self._shm is not None:
             self._copy_in(self._shm.tensors(update_info))
             return {"weight_sync/apply_s": time.perf_counter() - t0}
-        meta = list(zip(update_info["names"], update_info["dtype_names"], update_info["shapes"]))
+        meta = update_info_meta(update_info)
         # each tensor is copied into its parameter before the next bucket arrives: buffers reused
         self._copy_in(receive_buckets(self._transfer_group, meta, self._transfer_bucket_bytes, self._scratch))
         return {"weight_sync/apply_s": time.perf_counter() - t0}

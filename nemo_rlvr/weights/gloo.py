@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -39,6 +40,18 @@ def join_group(master_address: str, master_port: int, rank: int, world_size: int
 def param_meta(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> list[ParamMeta]:
     """Names, dtypes and full shapes (a DTensor knows its global shape), without gathering."""
     return [(n, str(t.dtype).removeprefix("torch."), list(t.shape)) for n, t in named_tensors]
+
+
+def update_info_dict(meta: Sequence[ParamMeta]) -> dict[str, Any]:
+    """One update's info, parsed as vLLM's `NCCLWeightTransferUpdateInfo`: names, dtype names, shapes
+    (gloo and shm send the same)."""
+    return {"names": [m[0] for m in meta], "dtype_names": [m[1] for m in meta],
+            "shapes": [list(m[2]) for m in meta]}
+
+
+def update_info_meta(update_info: dict[str, Any]) -> list[ParamMeta]:
+    """The parameter metadata back from `update_info_dict`'s dict (the receiving side)."""
+    return list(zip(update_info["names"], update_info["dtype_names"], update_info["shapes"]))
 
 
 def _meta_tensors(meta: Sequence[ParamMeta]) -> list[tuple[str, torch.Tensor]]:

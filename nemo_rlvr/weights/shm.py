@@ -25,11 +25,15 @@ from typing import Any, ClassVar
 import torch
 
 from nemo_rlvr.weights.buckets import BucketPlan, fill_bucket, materialize, plan_buckets
-from nemo_rlvr.weights.gloo import ParamMeta, _meta_tensors, param_meta
+from nemo_rlvr.weights.gloo import ParamMeta, _meta_tensors, param_meta, update_info_dict, update_info_meta
 
 BACKEND = "shm"
 ALIGN = 64
 SHM_DIR = "/dev/shm"
+
+
+def _nbytes(plan: BucketPlan) -> int:
+    return plan.numel * torch.empty(0, dtype=plan.dtype).element_size()
 
 
 def region_plans(meta: Sequence[ParamMeta]) -> list[tuple[int, BucketPlan]]:
@@ -39,8 +43,7 @@ def region_plans(meta: Sequence[ParamMeta]) -> list[tuple[int, BucketPlan]]:
     out, off = [], 0
     for plan in plan_buckets(tensors, whole):
         out.append((off, plan))
-        size = plan.numel * torch.empty(0, dtype=plan.dtype).element_size()
-        off += math.ceil(size / ALIGN) * ALIGN
+        off += math.ceil(_nbytes(plan) / ALIGN) * ALIGN
     return out
 
 
@@ -49,7 +52,7 @@ def region_bytes(meta: Sequence[ParamMeta]) -> int:
     if not plans:
         return 0
     off, plan = plans[-1]
-    return off + plan.numel * torch.empty(0, dtype=plan.dtype).element_size()
+    return off + _nbytes(plan)
 
 
 class ShmUnavailable(RuntimeError):
@@ -79,8 +82,7 @@ def map_region(path: str, nbytes: int, *, create: bool) -> torch.Tensor:
 def views(region: torch.Tensor, meta: Sequence[ParamMeta]) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor viewing the region) of every parameter, in `meta` order."""
     for off, plan in region_plans(meta):
-        size = plan.numel * torch.empty(0, dtype=plan.dtype).element_size()
-        flat = region[off : off + size].view(plan.dtype)
+        flat = region[off : off + _nbytes(plan)].view(plan.dtype)
         for name, o, shape in zip(plan.names, plan.offsets, plan.shapes):
             yield name, flat[o : o + math.prod(shape)].view(shape)
 
@@ -105,7 +107,9 @@ class ShmTrainer:
     def __init__(self, *, client: Any, source: Callable[[], Any], is_sender: bool,
                  region: torch.Tensor | None = None, meta: list[ParamMeta] | None = None):
         self.client, self.source, self.is_sender = client, source, is_sender
-        self.region, self.meta = region, meta
+        self.region = region
+        self.plans = region_plans(meta or [])           # the layout, fixed for this region
+        self.update_info = update_info_dict(meta or [])
 
     @classmethod
     def trainer_init(cls, init_info: ShmTrainerInitInfo, *, client: Any, source: Callable[[], Any]) -> ShmTrainer:
@@ -132,12 +136,10 @@ class ShmTrainer:
                 for name in plan.names:
                     materialize(by_name[name])
             return
-        for off, plan in region_plans(self.meta):
-            size = plan.numel * torch.empty(0, dtype=plan.dtype).element_size()
-            fill_bucket(self.region[off : off + size].view(plan.dtype), plan, by_name)
+        for off, plan in self.plans:
+            fill_bucket(self.region[off : off + _nbytes(plan)].view(plan.dtype), plan, by_name)
         # written before the generators are told: they read it in their update call
-        self.client.whole_update({"names": [m[0] for m in self.meta], "dtype_names": [m[1] for m in self.meta],
-                                  "shapes": [list(m[2]) for m in self.meta]})
+        self.client.whole_update(self.update_info)
 
     def shutdown(self) -> None:
         self.region = None
@@ -154,5 +156,4 @@ class ShmReceiver:
         self.region = map_region(path, int(init_info["shm_bytes"]), create=False)
 
     def tensors(self, update_info: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
-        meta = list(zip(update_info["names"], update_info["dtype_names"], update_info["shapes"]))
-        return views(self.region, meta)
+        return views(self.region, update_info_meta(update_info))

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from nemo_rlvr.dispatch import call, resolve
-from nemo_rlvr.weights.gloo import ParamMeta, Scratch, broadcast_buckets, join_group, param_meta
+from nemo_rlvr.weights.gloo import ParamMeta, Scratch, broadcast_buckets, join_group, param_meta, update_info_dict
 from nemo_rlvr.weights.shm import BACKEND as SHM
 from nemo_rlvr.weights.shm import ShmTrainer, ShmTrainerInitInfo
 
@@ -52,12 +52,6 @@ def init_info_dict(*, master_address: str, master_port: int, world_size: int, bu
     info = {"master_address": master_address, "master_port": master_port, "world_size": world_size,
             "packed": True, "packed_buffer_size_bytes": bucket_bytes, "packed_num_buffers": num_buffers}
     return info if rank_offset is None else {**info, "rank_offset": rank_offset}
-
-
-def update_info_dict(meta: Sequence[ParamMeta]) -> dict[str, Any]:
-    """One update's info, parsed as `NCCLWeightTransferUpdateInfo`: names, dtype names, shapes."""
-    return {"names": [m[0] for m in meta], "dtype_names": [m[1] for m in meta],
-            "shapes": [list(m[2]) for m in meta]}
 
 
 @dataclass(kw_only=True)
